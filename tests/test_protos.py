@@ -150,19 +150,21 @@ def test_rpc_has_its_own_request_and_response(service: str, module: str, rpc: st
 
 
 # The request and response fields DESIGN.md spells out (more may follow).
+LIST_REQUEST = {"namespace", "label_selector", "page_size", "page_token"}
+WATCH_REQUEST = {"namespace", "label_selector", "since_revision", "send_initial"}
 FIELDS = {
     "service_account_pb2": {
         "CreateServiceAccountRequest": {"service_account"},
         "CreateServiceAccountResponse": {"service_account"},
         "GetServiceAccountRequest": {"namespace", "name"},
         "GetServiceAccountResponse": {"service_account"},
-        "ListServiceAccountsRequest": {"namespace", "label_selector", "page_size", "page_token"},
+        "ListServiceAccountsRequest": LIST_REQUEST,
         "ListServiceAccountsResponse": {"service_accounts", "next_page_token", "revision"},
         "UpdateServiceAccountRequest": {"service_account", "update_mask"},
         "UpdateServiceAccountResponse": {"service_account"},
         "DeleteServiceAccountRequest": {"namespace", "name", "etag"},
         "DeleteServiceAccountResponse": set(),
-        "WatchServiceAccountsRequest": {"namespace", "label_selector", "since_revision", "send_initial"},
+        "WatchServiceAccountsRequest": WATCH_REQUEST,
         "WatchServiceAccountsResponse": {"type", "revision", "service_account"},
         "IssueCertificateRequest": {"namespace", "name", "csr_pem", "ttl"},
         "IssueCertificateResponse": {"certificate_chain_pem", "expire_time"},
@@ -172,7 +174,7 @@ FIELDS = {
         "CreateSecretResponse": {"secret"},
         "GetSecretRequest": {"namespace", "name"},
         "GetSecretResponse": {"secret"},
-        "ListSecretsRequest": {"namespace", "label_selector", "page_size", "page_token"},
+        "ListSecretsRequest": LIST_REQUEST,
         "ListSecretsResponse": {"secrets", "next_page_token", "revision"},
         "UpdateSecretRequest": {"secret", "update_mask"},
         "UpdateSecretResponse": {"secret"},
@@ -180,7 +182,7 @@ FIELDS = {
         "DeleteSecretResponse": set(),
         "RotateSecretRequest": {"namespace", "name", "data", "grace_period"},
         "RotateSecretResponse": {"secret"},
-        "WatchSecretsRequest": {"namespace", "label_selector", "since_revision", "send_initial"},
+        "WatchSecretsRequest": WATCH_REQUEST,
         "WatchSecretsResponse": {"type", "revision", "secret"},
     },
     "workload_pb2": {
@@ -188,13 +190,13 @@ FIELDS = {
         "CreateWorkloadResponse": {"workload"},
         "GetWorkloadRequest": {"namespace", "name"},
         "GetWorkloadResponse": {"workload"},
-        "ListWorkloadsRequest": {"namespace", "label_selector", "page_size", "page_token"},
+        "ListWorkloadsRequest": LIST_REQUEST,
         "ListWorkloadsResponse": {"workloads", "next_page_token", "revision"},
         "UpdateWorkloadRequest": {"workload", "update_mask"},
         "UpdateWorkloadResponse": {"workload"},
         "DeleteWorkloadRequest": {"namespace", "name", "etag"},
         "DeleteWorkloadResponse": set(),
-        "WatchWorkloadsRequest": {"namespace", "label_selector", "since_revision", "send_initial"},
+        "WatchWorkloadsRequest": WATCH_REQUEST,
         "WatchWorkloadsResponse": {"type", "revision", "workload"},
     },
     "token_pb2": {
