@@ -1,0 +1,165 @@
+"""`satcheld serve`: the explicit form, and `--dev`, which prepares a data directory."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import shlex
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from ._keyring import KeyRing
+from ._policy import Policy
+from ._server import ConfigError, Server, ServerConfig
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# Flags naming files, and what each file is (for one-line errors).
+_FILE_FLAGS = {
+    "db": "database",
+    "tls_cert": "TLS certificate",
+    "tls_key": "TLS key",
+    "client_ca": "client CA",
+    "ca_cert": "CA certificate",
+    "ca_key": "CA key",
+    "policy": "policy file",
+    "encryption_key_file": "encryption key file",
+}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `10m`, `1h30m`, `500ms`."""
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 500ms, 10s, 5m, 1h)")
+    return timedelta(seconds=total)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"SATCHEL_{name.upper()}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="satcheld", description="The Satchel server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the Satchel API over mTLS gRPC")
+    serve.add_argument("--dev", action="store_true", help="prepare and use a data directory; nothing to set up")
+    serve.add_argument("--data-dir", default=".satchel", help="the --dev data directory (default .satchel)")
+    serve.add_argument("--listen", default=_env("listen"), help="HOST:PORT (default 127.0.0.1:7443; port 0 picks one)")
+    for flag in _FILE_FLAGS:
+        serve.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=_env(flag))
+    serve.add_argument("--trust-domain", default=_env("trust_domain", "satchel.local"))
+    serve.add_argument("--audit-log", default=_env("audit_log"))
+    serve.add_argument("--history-age", type=parse_duration, default=_env("history_age", "1h"))
+    serve.add_argument("--history-events", type=int, default=int(_env("history_events", "100000") or 100000))
+    serve.add_argument("--bookmark-interval", type=parse_duration, default=_env("bookmark_interval", "10s"))
+    return parser
+
+
+def _dev_config(args: argparse.Namespace) -> ServerConfig:
+    """Creates what is missing in the data directory and reuses what exists."""
+    from satchel import _certs
+
+    data = Path(args.data_dir).resolve()
+    certs = data / "certs"
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _certs.init(certs, trust_domain=args.trust_domain)
+    key_file = data / "encryption.key"
+    if not key_file.exists():
+        KeyRing.create_file(key_file)
+    policy = data / "policy.yaml"
+    if not policy.exists():
+        policy.write_text(Policy.default_text())
+    return ServerConfig(
+        listen=args.listen or "127.0.0.1:7443",
+        db=data / "satchel.db",
+        tls_cert=certs / "server.crt",
+        tls_key=certs / "server.key",
+        client_ca=certs / "ca.crt",
+        ca_cert=certs / "ca.crt",
+        ca_key=certs / "ca.key",
+        policy=policy,
+        encryption_key_file=key_file,
+        trust_domain=args.trust_domain,
+        audit_log=Path(args.audit_log) if args.audit_log else data / "audit.log",
+        history_age=args.history_age,
+        history_events=args.history_events,
+        bookmark_interval=args.bookmark_interval,
+    )
+
+
+def _explicit_config(args: argparse.Namespace) -> ServerConfig:
+    missing = [f"--{flag.replace('_', '-')}" for flag in _FILE_FLAGS if not getattr(args, flag)]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (or SATCHEL_… variables; or use --dev)")
+    for flag, what in _FILE_FLAGS.items():
+        path = Path(getattr(args, flag))
+        if flag != "db" and not os.access(path, os.R_OK):
+            raise ConfigError(f"cannot read {what} {path}")
+    return ServerConfig(
+        listen=args.listen or "127.0.0.1:7443",
+        **{flag: Path(getattr(args, flag)) for flag in _FILE_FLAGS},
+        trust_domain=args.trust_domain,
+        audit_log=Path(args.audit_log) if args.audit_log else None,
+        history_age=args.history_age,
+        history_events=args.history_events,
+        bookmark_interval=args.bookmark_interval,
+    )
+
+
+def _how_to_connect(config: ServerConfig, address: str) -> str:
+    certs = config.ca_cert.parent
+    ca, crt, key = (shlex.quote(str(certs / f)) for f in ("ca.crt", "admin.crt", "admin.key"))
+    return "\n".join(
+        [
+            "connect with grpcurl:",
+            f"  grpcurl -cacert {ca} -cert {crt} -key {key} {address} list",
+            "or with satchelctl:",
+            f"  export SATCHEL_SERVER={address}",
+            f"  export SATCHEL_CA={ca}",
+            f"  export SATCHEL_CERT={crt}",
+            f"  export SATCHEL_KEY={key}",
+        ]
+    )
+
+
+async def _serve(config: ServerConfig, dev: bool) -> None:
+    server = Server(config)
+    address = await server.start()
+    print(f"listening on {address}", flush=True)
+    if dev:
+        print(_how_to_connect(config, address), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("satcheld").info("shutting down")
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = _dev_config(args) if args.dev else _explicit_config(args)
+        asyncio.run(_serve(config, args.dev))
+    except ConfigError as e:
+        print(f"satcheld: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The gRPC services. Each RPC asks the authorizer first, then the store; the
+CRUD flow shared by the three kinds lives in `Resources`.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from satchel.v1 import (
+    secret_pb2,
+    secret_pb2_grpc,
+    service_account_pb2,
+    service_account_pb2_grpc,
+    token_pb2_grpc,
+    workload_pb2,
+    workload_pb2_grpc,
+)
+
+from . import _interceptors, _resources
+from ._errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, Unimplemented
+from ._kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
+from ._labels import LabelSelector
+from ._paging import PageTokens, page_size
+from ._policy import Authorizer
+from ._store import Store, Txn
+
+_SINGULAR = {SERVICE_ACCOUNTS: "service account", SECRETS: "secret", WORKLOADS: "workload"}
+
+
+class Resources:
+    """Create, get, list, update and delete for every kind, authorized."""
+
+    def __init__(self, store: Store, authorizer: Authorizer, page_tokens: PageTokens, trust_domain: str) -> None:
+        self.store = store
+        self.authorizer = authorizer
+        self._page_tokens = page_tokens
+        self.trust_domain = trust_domain
+
+    def authorize(self, verb: str, kind: str, namespace: str, name: str = "") -> None:
+        """Checks permission before anything else, and notes it for the audit record."""
+        req = _interceptors.current()
+        req.resource = f"{kind}/{namespace}/{name}" if name else f"{kind}/{namespace or '*'}"
+        try:
+            self.authorizer.check(_interceptors.principal(), verb, kind, namespace, name)
+        except Exception:
+            req.decision = "deny"
+            raise
+        req.decision = "allow"
+
+    def _readable(self, obj: Message) -> Message:
+        """The object as this caller may see it: secret data only with read-data."""
+        if isinstance(obj, secret_pb2.Secret) and obj.data:
+            if not self.authorizer.allowed(_interceptors.principal(), "read-data", SECRETS, obj.metadata.namespace):
+                _resources.strip_data(obj)
+        return obj
+
+    async def create(self, kind: str, obj: Message) -> Message:
+        namespace = _resources.namespace_or_default(obj.metadata.namespace)
+        self.authorize("create", kind, namespace, obj.metadata.name)
+        _resources.prepare_create(obj, trust_domain=self.trust_domain)
+
+        def write(txn: Txn) -> Message:
+            meta = obj.metadata
+            if txn.get(kind, meta.namespace, meta.name) is not None:
+                raise AlreadyExists(f"{_SINGULAR[kind]} {meta.namespace}/{meta.name} already exists")
+            if kind == WORKLOADS:
+                self._ensure_service_account(txn, obj)
+            return txn.put(obj)
+
+        return self._readable(await self.store.write(write))
+
+    def _ensure_service_account(self, txn: Txn, workload: workload_pb2.Workload) -> None:
+        """`default` is created on first use; any other account must exist."""
+        ns, sa = workload.metadata.namespace, workload.service_account
+        if txn.get(SERVICE_ACCOUNTS, ns, sa) is not None:
+            return
+        if sa != _resources.DEFAULT_SERVICE_ACCOUNT:
+            raise FailedPrecondition(
+                f"service account {ns}/{sa} does not exist; create it first",
+                reason="SERVICE_ACCOUNT_NOT_FOUND",
+            )
+        account = service_account_pb2.ServiceAccount()
+        account.metadata.namespace, account.metadata.name = ns, sa
+        _resources.prepare_create(account, trust_domain=self.trust_domain)
+        txn.put(account)
+
+    def get(self, kind: str, namespace: str, name: str) -> Message:
+        namespace = _resources.namespace_or_default(namespace)
+        self.authorize("get", kind, namespace, name)
+        _resources.check_key(kind, namespace, name)
+        obj = self.store.get(kind, namespace, name)
+        if obj is None:
+            raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
+        return self._readable(obj)
+
+    def list(self, kind: str, request: Message) -> tuple[list[Message], str, int]:
+        namespace = request.namespace
+        self.authorize("list", kind, namespace)
+        if namespace:
+            _resources.check_key(kind, namespace, "x")
+        selector = LabelSelector.parse(request.label_selector)
+        limit = page_size(request.page_size)
+        query = (kind, namespace, request.label_selector)
+        after = self._page_tokens.decode(request.page_token, query)
+        with_data = kind == SECRETS and self.authorizer.allowed(
+            _interceptors.principal(), "read-data", SECRETS, namespace
+        )
+        items, more, revision = self.store.list(
+            kind,
+            namespace=namespace,
+            after=after,
+            limit=limit,
+            match=lambda obj: selector.matches(obj.metadata.labels),
+            with_data=with_data,
+        )
+        token = ""
+        if more and items:
+            last = items[-1].metadata
+            token = self._page_tokens.encode(query, (last.namespace, last.name))
+        return [self._readable(o) for o in items], token, revision
+
+    async def update(self, kind: str, obj: Message, mask) -> Message:  # noqa: ANN001
+        namespace = _resources.namespace_or_default(obj.metadata.namespace)
+        name = obj.metadata.name
+        self.authorize("update", kind, namespace, name)
+        field = _resources.FIELD[kind]
+        _resources.check_key(kind, namespace, name, prefix=f"{field}.metadata.")
+        paths = _resources.mask_paths(kind, obj, mask)
+        etag = obj.metadata.etag
+
+        def write(txn: Txn) -> Message:
+            current = txn.get(kind, namespace, name)
+            if current is None:
+                raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
+            if etag and etag != current.metadata.etag:
+                raise Conflict(f"{_SINGULAR[kind]} {namespace}/{name} has changed since etag {etag!r} was read")
+            updated = _resources.apply_mask(current, obj, paths)
+            _resources.prepare_update(current, updated)
+            if kind == WORKLOADS and updated.service_account != current.service_account:
+                self._ensure_service_account(txn, updated)
+            if _resources.same_content(current, updated):
+                return current
+            return txn.put(updated)
+
+        return self._readable(await self.store.write(write))
+
+    async def delete(self, kind: str, namespace: str, name: str, etag: str) -> None:
+        namespace = _resources.namespace_or_default(namespace)
+        self.authorize("delete", kind, namespace, name)
+        _resources.check_key(kind, namespace, name)
+
+        def write(txn: Txn) -> None:
+            current = txn.get(kind, namespace, name)
+            if current is None:
+                raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
+            if etag and etag != current.metadata.etag:
+                raise Conflict(f"{_SINGULAR[kind]} {namespace}/{name} has changed since etag {etag!r} was read")
+            txn.delete(kind, namespace, name)
+
+        await self.store.write(write)
+
+
+def _later(what: str) -> Unimplemented:
+    return Unimplemented(f"{what} is not implemented yet")
+
+
+class ServiceAccountService(service_account_pb2_grpc.ServiceAccountServiceServicer):
+    def __init__(self, resources: Resources) -> None:
+        self._r = resources
+
+    async def CreateServiceAccount(self, request, context):
+        sa = await self._r.create(SERVICE_ACCOUNTS, request.service_account)
+        return service_account_pb2.CreateServiceAccountResponse(service_account=sa)
+
+    async def GetServiceAccount(self, request, context):
+        sa = self._r.get(SERVICE_ACCOUNTS, request.namespace, request.name)
+        return service_account_pb2.GetServiceAccountResponse(service_account=sa)
+
+    async def ListServiceAccounts(self, request, context):
+        items, token, revision = self._r.list(SERVICE_ACCOUNTS, request)
+        return service_account_pb2.ListServiceAccountsResponse(
+            service_accounts=items, next_page_token=token, revision=revision
+        )
+
+    async def UpdateServiceAccount(self, request, context):
+        sa = await self._r.update(SERVICE_ACCOUNTS, request.service_account, request.update_mask)
+        return service_account_pb2.UpdateServiceAccountResponse(service_account=sa)
+
+    async def DeleteServiceAccount(self, request, context):
+        await self._r.delete(SERVICE_ACCOUNTS, request.namespace, request.name, request.etag)
+        return service_account_pb2.DeleteServiceAccountResponse()
+
+    async def WatchServiceAccounts(self, request, context):
+        raise _later("WatchServiceAccounts")
+        yield  # an async generator, as every Watch handler is
+
+    async def IssueCertificate(self, request, context):
+        raise _later("IssueCertificate")
+
+
+class SecretService(secret_pb2_grpc.SecretServiceServicer):
+    def __init__(self, resources: Resources) -> None:
+        self._r = resources
+
+    async def CreateSecret(self, request, context):
+        return secret_pb2.CreateSecretResponse(secret=await self._r.create(SECRETS, request.secret))
+
+    async def GetSecret(self, request, context):
+        return secret_pb2.GetSecretResponse(secret=self._r.get(SECRETS, request.namespace, request.name))
+
+    async def ListSecrets(self, request, context):
+        items, token, revision = self._r.list(SECRETS, request)
+        return secret_pb2.ListSecretsResponse(secrets=items, next_page_token=token, revision=revision)
+
+    async def UpdateSecret(self, request, context):
+        secret = await self._r.update(SECRETS, request.secret, request.update_mask)
+        return secret_pb2.UpdateSecretResponse(secret=secret)
+
+    async def DeleteSecret(self, request, context):
+        await self._r.delete(SECRETS, request.namespace, request.name, request.etag)
+        return secret_pb2.DeleteSecretResponse()
+
+    async def RotateSecret(self, request, context):
+        raise _later("RotateSecret")
+
+    async def WatchSecrets(self, request, context):
+        raise _later("WatchSecrets")
+        yield
+
+
+class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
+    def __init__(self, resources: Resources) -> None:
+        self._r = resources
+
+    async def CreateWorkload(self, request, context):
+        return workload_pb2.CreateWorkloadResponse(workload=await self._r.create(WORKLOADS, request.workload))
+
+    async def GetWorkload(self, request, context):
+        return workload_pb2.GetWorkloadResponse(workload=self._r.get(WORKLOADS, request.namespace, request.name))
+
+    async def ListWorkloads(self, request, context):
+        items, token, revision = self._r.list(WORKLOADS, request)
+        return workload_pb2.ListWorkloadsResponse(workloads=items, next_page_token=token, revision=revision)
+
+    async def UpdateWorkload(self, request, context):
+        workload = await self._r.update(WORKLOADS, request.workload, request.update_mask)
+        return workload_pb2.UpdateWorkloadResponse(workload=workload)
+
+    async def DeleteWorkload(self, request, context):
+        await self._r.delete(WORKLOADS, request.namespace, request.name, request.etag)
+        return workload_pb2.DeleteWorkloadResponse()
+
+    async def WatchWorkloads(self, request, context):
+        raise _later("WatchWorkloads")
+        yield
+
+
+class TokenService(token_pb2_grpc.TokenServiceServicer):
+    async def ReviewToken(self, request, context):
+        raise _later("ReviewToken")
+
+    async def GetPublicKeys(self, request, context):
+        raise _later("GetPublicKeys")

@@ -1,0 +1,259 @@
+"""What each kind's fields mean: defaults, output-only fields, validation and
+update masks. Pure functions of protos; no I/O, no gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf import field_mask_pb2
+from google.protobuf.message import Message
+
+from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
+
+from . import _kinds
+from ._errors import FailedPrecondition, InvalidArgument
+from ._validation import (
+    Violations,
+    check_annotations,
+    check_data,
+    check_labels,
+    check_name,
+    check_namespace,
+    check_type_rules,
+)
+
+DEFAULT_NAMESPACE = "default"
+DEFAULT_SERVICE_ACCOUNT = "default"
+
+# The request field that carries each kind, for error field paths.
+FIELD = {
+    _kinds.SERVICE_ACCOUNTS: "service_account",
+    _kinds.SECRETS: "secret",
+    _kinds.WORKLOADS: "workload",
+}
+
+_META_PATHS = ("metadata.labels", "metadata.annotations")
+# The paths an update mask may name, per kind; `*` means all of them.
+MUTABLE_PATHS: dict[str, tuple[str, ...]] = {
+    _kinds.SERVICE_ACCOUNTS: (*_META_PATHS, "secrets", "description"),
+    _kinds.SECRETS: (*_META_PATHS, "type", "data", "immutable", "rotation", "rotation.period", "rotation.grace_period"),
+    _kinds.WORKLOADS: (*_META_PATHS, "node_name", "service_account", "secrets"),
+}
+_WILDCARD_PATHS = {
+    kind: tuple(p for p in paths if not p.startswith("rotation.")) for kind, paths in MUTABLE_PATHS.items()
+}
+
+Secret = secret_pb2.Secret
+ServiceAccount = service_account_pb2.ServiceAccount
+Workload = workload_pb2.Workload
+
+
+def namespace_or_default(namespace: str) -> str:
+    return namespace or DEFAULT_NAMESPACE
+
+
+def check_key(kind: str, namespace: str, name: str, prefix: str = "") -> None:
+    v = Violations()
+    check_namespace(v, f"{prefix}namespace", namespace)
+    check_name(v, f"{prefix}name", name)
+    v.raise_if_any()
+
+
+def clear_output_only(obj: Message) -> None:
+    """Drops whatever the caller may not set; the server fills it in."""
+    meta: meta_pb2.ObjectMeta = obj.metadata
+    for field in ("uid", "resource_version", "etag", "create_time", "update_time"):
+        meta.ClearField(field)
+    if isinstance(obj, ServiceAccount):
+        for field in ("username", "spiffe_id", "email"):
+            obj.ClearField(field)
+    elif isinstance(obj, Secret):
+        for field in ("version", "previous_version_expire_time", "data_keys"):
+            obj.ClearField(field)
+        obj.rotation.ClearField("next_rotate_time")
+        obj.rotation.ClearField("last_rotate_time")
+        if not obj.rotation.ListFields():
+            obj.ClearField("rotation")
+
+
+def validate(obj: Message) -> None:
+    """Raises InvalidArgument naming every bad field of `obj`."""
+    kind = _kinds.kind_of(obj)
+    f = FIELD[kind]
+    v = Violations()
+    meta = obj.metadata
+    check_namespace(v, f"{f}.metadata.namespace", meta.namespace)
+    check_name(v, f"{f}.metadata.name", meta.name)
+    check_labels(v, f"{f}.metadata.labels", meta.labels)
+    check_annotations(v, f"{f}.metadata.annotations", meta.annotations)
+    if isinstance(obj, ServiceAccount):
+        for i, ref in enumerate(obj.secrets):
+            check_name(v, f"{f}.secrets[{i}].name", ref.name)
+        if len(obj.description) > 1024:
+            v.add(f"{f}.description", "must be at most 1024 characters")
+    elif isinstance(obj, Secret):
+        if obj.type not in secret_pb2.SecretType.values():
+            v.add(f"{f}.type", f"unknown secret type {obj.type}")
+        check_data(v, f"{f}.data", obj.data)
+        check_type_rules(v, f"{f}.data", obj.type, obj.data)
+        if obj.service_account:
+            check_name(v, f"{f}.service_account", obj.service_account)
+        for part in ("period", "grace_period"):
+            if obj.rotation.HasField(part):
+                d = getattr(obj.rotation, part)
+                if d.seconds < 0 or d.nanos < 0:
+                    v.add(f"{f}.rotation.{part}", "must not be negative")
+                elif part == "period" and d.ToTimedelta().total_seconds() < 1:
+                    v.add(f"{f}.rotation.period", "must be at least 1s")
+    elif isinstance(obj, Workload):
+        check_name(v, f"{f}.node_name", obj.node_name)
+        check_name(v, f"{f}.service_account", obj.service_account)
+        for i, name in enumerate(obj.secrets):
+            check_name(v, f"{f}.secrets[{i}]", name)
+    v.raise_if_any()
+
+
+def prepare_create(obj: Message, *, trust_domain: str) -> None:
+    """Turns a caller's object into the one to store (defaults, derived fields)."""
+    clear_output_only(obj)
+    meta = obj.metadata
+    meta.namespace = namespace_or_default(meta.namespace)
+    if isinstance(obj, Secret):
+        if obj.type == secret_pb2.SECRET_TYPE_UNSPECIFIED:
+            obj.type = secret_pb2.SECRET_TYPE_OPAQUE
+        obj.version = 1
+        set_data_keys(obj)
+    elif isinstance(obj, Workload):
+        obj.service_account = obj.service_account or DEFAULT_SERVICE_ACCOUNT
+    elif isinstance(obj, ServiceAccount):
+        set_identity(obj, trust_domain)
+    validate(obj)
+    if isinstance(obj, Secret) and obj.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
+        raise InvalidArgument(
+            [("secret.type", "token secrets are made by the server when a service account is created")]
+        )
+
+
+def set_identity(sa: ServiceAccount, trust_domain: str) -> None:
+    ns, name = sa.metadata.namespace, sa.metadata.name
+    sa.username = f"system:serviceaccount:{ns}:{name}"
+    sa.spiffe_id = f"spiffe://{trust_domain}/ns/{ns}/sa/{name}"
+    sa.email = f"{ns}+{name}@serviceaccounts.{trust_domain}"
+
+
+def set_data_keys(secret: Secret) -> None:
+    del secret.data_keys[:]
+    secret.data_keys.extend(
+        secret_pb2.DataKey(name=k, size=len(v)) for k, v in sorted(secret.data.items())
+    )
+
+
+def strip_data(secret: Secret) -> Secret:
+    """The secret as seen by a caller who may not read data: shape, no values."""
+    secret.ClearField("data")
+    return secret
+
+
+def mask_paths(kind: str, request_obj: Message, mask: field_mask_pb2.FieldMask) -> list[str]:
+    """The update paths a request names, checked against what may change."""
+    field = FIELD[kind]
+    allowed = MUTABLE_PATHS[kind]
+    if not mask.paths:
+        return [p for p in _WILDCARD_PATHS[kind] if _is_set(request_obj, p)]
+    if list(mask.paths) == ["*"]:
+        return list(_WILDCARD_PATHS[kind])
+    v = Violations()
+    for path in mask.paths:
+        if path not in allowed:
+            v.add("update_mask", f"{path!r} cannot be updated on a {field}; allowed: {', '.join(allowed)} or '*'")
+    v.raise_if_any()
+    return list(dict.fromkeys(mask.paths))
+
+
+def _is_set(obj: Message, path: str) -> bool:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        if not obj.HasField(p):
+            return False
+        obj = getattr(obj, p)
+    value = getattr(obj, leaf)
+    descriptor = obj.DESCRIPTOR.fields_by_name[leaf]
+    if descriptor.message_type is not None and not descriptor.is_repeated:
+        return obj.HasField(leaf)
+    return bool(value)
+
+
+def apply_mask(current: Message, request_obj: Message, paths: Iterable[str]) -> Message:
+    """A copy of `current` with each path replaced by the request's value."""
+    updated = type(current)()
+    updated.CopyFrom(current)
+    for path in paths:
+        *parents, leaf = path.split(".")
+        src, dst = request_obj, updated
+        for p in parents:
+            src, dst = getattr(src, p), getattr(dst, p)
+        descriptor = dst.DESCRIPTOR.fields_by_name[leaf]
+        if descriptor.is_repeated:
+            dst.ClearField(leaf)
+            target = getattr(dst, leaf)
+            source = getattr(src, leaf)
+            if hasattr(target, "keys"):
+                if descriptor.message_type.fields_by_name["value"].message_type is None:
+                    target.update(source)
+                else:
+                    for k, val in source.items():
+                        target[k].CopyFrom(val)
+            else:
+                target.extend(source)
+        elif descriptor.message_type is not None:
+            if src.HasField(leaf):
+                getattr(dst, leaf).CopyFrom(getattr(src, leaf))
+            else:
+                dst.ClearField(leaf)
+        else:
+            setattr(dst, leaf, getattr(src, leaf))
+    return updated
+
+
+def prepare_update(current: Message, updated: Message) -> None:
+    """Kind rules for an update: immutability, version bumps, derived fields."""
+    if isinstance(current, Secret):
+        _prepare_secret_update(current, updated)
+    validate(updated)
+
+
+def _prepare_secret_update(current: Secret, updated: Secret) -> None:
+    if updated.type == secret_pb2.SECRET_TYPE_UNSPECIFIED:
+        updated.type = current.type
+    if updated.type != current.type:
+        raise InvalidArgument([("secret.type", "the type of a secret cannot change")])
+    data_changed = dict(updated.data) != dict(current.data)
+    if current.immutable:
+        if data_changed:
+            raise FailedPrecondition(
+                f"secret {current.metadata.namespace}/{current.metadata.name} is immutable: its data cannot change",
+                reason="SECRET_IMMUTABLE",
+            )
+        if not updated.immutable:
+            raise FailedPrecondition(
+                f"secret {current.metadata.namespace}/{current.metadata.name} is immutable: it cannot be made mutable",
+                reason="SECRET_IMMUTABLE",
+            )
+    if data_changed:
+        if current.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
+            raise InvalidArgument([("secret.data", "token secrets are changed with RotateSecret")])
+        updated.version = current.version + 1
+        set_data_keys(updated)
+
+
+def same_content(a: Message, b: Message) -> bool:
+    """Whether an update would change nothing (timestamps and versions aside)."""
+    x, y = type(a)(), type(b)()
+    x.CopyFrom(a)
+    y.CopyFrom(b)
+    for m in (x, y):
+        m.metadata.ClearField("update_time")
+        m.metadata.ClearField("etag")
+        m.metadata.ClearField("resource_version")
+    return x.SerializeToString(deterministic=True) == y.SerializeToString(deterministic=True)

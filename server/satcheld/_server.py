@@ -1,0 +1,174 @@
+"""Assembles the server: TLS, interceptors, services, health, reflection, store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from satchel.v1 import secret_pb2, secret_pb2_grpc, service_account_pb2, service_account_pb2_grpc
+from satchel.v1 import token_pb2, token_pb2_grpc, workload_pb2, workload_pb2_grpc
+
+from . import _handlers, _reflection
+from ._interceptors import AuditLog, AuthenticationInterceptor, RequestInterceptor
+from ._keyring import KeyRing
+from ._paging import PageTokens
+from ._policy import Authorizer, Policy
+from ._store import Store
+
+log = logging.getLogger("satcheld")
+
+SERVICE_NAMES = (
+    service_account_pb2.DESCRIPTOR.services_by_name["ServiceAccountService"].full_name,
+    secret_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
+    workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"].full_name,
+    token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A file the server needs is missing, unreadable or malformed."""
+
+
+@dataclass
+class ServerConfig:
+    """Everything `satcheld serve` takes; `--dev` fills it in from a data directory."""
+
+    db: Path
+    tls_cert: Path
+    tls_key: Path
+    client_ca: Path
+    ca_cert: Path
+    ca_key: Path
+    policy: Path
+    encryption_key_file: Path
+    listen: str = "127.0.0.1:7443"
+    trust_domain: str = "satchel.local"
+    audit_log: Path | None = None
+    history_age: timedelta = timedelta(hours=1)
+    history_events: int = 100_000
+    bookmark_interval: timedelta = timedelta(seconds=10)
+    shutdown_grace: float = 5.0
+    extra_options: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        # Notice dead peers within a minute and free their streams.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # A fleet reconnecting at once: grpc's defaults cancel calls beyond
+        # 1,000 pending (3,000 hard) before the application picks them up.
+        ("grpc.server.max_pending_requests", 50_000),
+        ("grpc.server.max_pending_requests_hard_limit", 100_000),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *config.extra_options,
+    ]
+
+
+class Server:
+    """One Satchel server. `await start()` returns the address it listens on."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._grpc: aio.Server | None = None
+        self._store: Store | None = None
+        self._audit_stream: IO[str] | None = None
+        self._health = health.aio.HealthServicer()
+        self.address = ""
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        c = self.config
+        return grpc.ssl_server_credentials(
+            [(_read(c.tls_key, "TLS key"), _read(c.tls_cert, "TLS certificate"))],
+            root_certificates=_read(c.client_ca, "client CA"),
+            require_client_auth=True,
+        )
+
+    async def start(self) -> str:
+        c = self.config
+        credentials = self._credentials()
+        for path, what in ((c.ca_cert, "CA certificate"), (c.ca_key, "CA key")):
+            _read(path, what)
+        try:
+            keyring = KeyRing.load(c.encryption_key_file)
+            policy = Policy.load(c.policy)
+        except Exception as e:
+            raise ConfigError(str(e)) from None
+        if c.audit_log is not None:
+            try:
+                self._audit_stream = open(c.audit_log, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as e:
+                raise ConfigError(f"cannot open audit log {c.audit_log}: {e.strerror}") from None
+        try:
+            self._store = Store(c.db, keyring)
+        except Exception as e:
+            raise ConfigError(f"cannot open database {c.db}: {e}") from None
+
+        resources = _handlers.Resources(
+            self._store, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
+        )
+        server = aio.server(
+            interceptors=(RequestInterceptor(AuditLog(self._audit_stream)), AuthenticationInterceptor(c.trust_domain)),
+            options=server_options(c),
+            maximum_concurrent_rpcs=None,
+        )
+        service_account_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
+            _handlers.ServiceAccountService(resources), server
+        )
+        secret_pb2_grpc.add_SecretServiceServicer_to_server(_handlers.SecretService(resources), server)
+        workload_pb2_grpc.add_WorkloadServiceServicer_to_server(_handlers.WorkloadService(resources), server)
+        token_pb2_grpc.add_TokenServiceServicer_to_server(_handlers.TokenService(), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        _reflection.enable(server, (*SERVICE_NAMES, health.SERVICE_NAME))
+
+        host, _, port = c.listen.rpartition(":")
+        try:
+            bound = server.add_secure_port(c.listen, credentials)
+        except RuntimeError as e:
+            raise ConfigError(f"cannot listen on {c.listen}: {e}") from None
+        if bound == 0:
+            raise ConfigError(f"cannot listen on {c.listen}")
+        await server.start()
+        self._grpc = server
+        self.address = f"{host}:{bound}"
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.address
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops accepting calls, lets running ones finish within the grace, closes the store."""
+        if self._grpc is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._grpc.stop(self.config.shutdown_grace if grace is None else grace)
+            self._grpc = None
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
+            self._store = None
+        if self._audit_stream is not None:
+            self._audit_stream.close()
+            self._audit_stream = None
+
+    async def wait(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()

@@ -1,0 +1,458 @@
+"""The SQLite store: objects, the global revision counter and the event history.
+
+One writer thread owns the write connection and commits batches of queued
+write functions in one transaction (group commit: one fsync for many writes),
+each function in its own savepoint and with its own revision. Reads use a
+separate connection and never block the writer (WAL). Secret data is sealed
+with the key ring before it touches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+from google.protobuf.message import Message
+
+from satchel.v1 import meta_pb2, secret_pb2
+
+from . import _kinds
+from ._errors import NotFound, Unavailable
+from ._keyring import KeyRing
+
+T = TypeVar("T")
+
+_BATCH = 256
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One object's change within a committed revision, as watchers see it."""
+
+    revision: int
+    kind: str
+    type: int  # meta_pb2.EventType
+    obj: Message  # the new state; the last state for DELETED (secrets with data)
+    prev: Message | None  # the state before a MODIFIED or DELETED, without data
+
+
+def etag_of(uid: str, resource_version: int) -> str:
+    return hashlib.blake2b(f"{uid}/{resource_version}".encode(), digest_size=8).hexdigest()
+
+
+# Numbered migrations, applied in order and recorded in the `migrations` table.
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["state"].create({"id": int, "revision": int, "compact_revision": int}, pk="id")
+    db["state"].insert({"id": 1, "revision": 0, "compact_revision": 0})
+    db["objects"].create(
+        {
+            "kind": str,
+            "namespace": str,
+            "name": str,
+            "uid": str,
+            "resource_version": int,
+            "body": bytes,
+            "sealed": bytes,
+        },
+        pk=("kind", "namespace", "name"),
+    )
+    db["events"].create(
+        {
+            "revision": int,
+            "seq": int,
+            "time_ns": int,
+            "kind": str,
+            "type": int,
+            "body": bytes,
+            "sealed": bytes,
+            "prev_body": bytes,
+        },
+        pk=("revision", "seq"),
+    )
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+    (1, "initial", _m1_initial),
+]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    db = sqlite_utils.Database(conn)
+    if "migrations" not in db.table_names():
+        db["migrations"].create({"id": int, "name": str, "applied_at": str}, pk="id")
+    done = {row["id"] for row in db["migrations"].rows}
+    for number, name, apply in MIGRATIONS:
+        if number in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            apply(db)
+            db["migrations"].insert(
+                {"id": number, "name": name, "applied_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class _Codec:
+    """Turns objects into rows and back; seals secret data on the way in."""
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self.keyring = keyring
+
+    @staticmethod
+    def body(obj: Message) -> bytes:
+        """The object's serialization without secret data."""
+        if isinstance(obj, secret_pb2.Secret) and obj.data:
+            bare = secret_pb2.Secret()
+            bare.CopyFrom(obj)
+            bare.ClearField("data")
+            return bare.SerializeToString()
+        return obj.SerializeToString()
+
+    def encode(self, obj: Message) -> tuple[bytes, bytes | None]:
+        if isinstance(obj, secret_pb2.Secret):
+            payload = secret_pb2.Secret(data=obj.data).SerializeToString(deterministic=True)
+            sealed = self.keyring.seal(payload, uid=obj.metadata.uid, version=obj.version)
+            return self.body(obj), sealed
+        return obj.SerializeToString(), None
+
+    def decode(self, kind: str, body: bytes, sealed: bytes | None, with_data: bool = True) -> Message:
+        obj = _kinds.MESSAGES[kind].FromString(body)
+        if sealed is not None and with_data:
+            payload = self.keyring.open(sealed, uid=obj.metadata.uid, version=obj.version)
+            obj.MergeFrom(secret_pb2.Secret(data=secret_pb2.Secret.FromString(payload).data))
+        return obj
+
+
+class Txn:
+    """The view a write function gets: reads see its own writes; all its
+    changes share one revision, assigned on the first change."""
+
+    def __init__(self, conn: sqlite3.Connection, codec: _Codec, revision_before: int) -> None:
+        self._conn = conn
+        self._codec = codec
+        self._before = revision_before
+        self.revision = revision_before
+        self.now_ns = time.time_ns()
+        self.changes: list[Change] = []
+        self._rows: list[tuple] = []
+
+    def _next_revision(self) -> int:
+        if self.revision == self._before:
+            self.revision = self._before + 1
+        return self.revision
+
+    def _row(self, kind: str, namespace: str, name: str) -> tuple | None:
+        return self._conn.execute(
+            "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?",
+            (kind, namespace, name),
+        ).fetchone()
+
+    def get(self, kind: str, namespace: str, name: str) -> Message | None:
+        row = self._row(kind, namespace, name)
+        return None if row is None else self._codec.decode(kind, row[0], row[1])
+
+    def put(self, obj: Message) -> Message:
+        """Creates or replaces `obj`, filling uid, resource_version, etag and times."""
+        kind = _kinds.kind_of(obj)
+        meta = obj.metadata
+        row = self._row(kind, meta.namespace, meta.name)
+        prev = None if row is None else self._codec.decode(kind, row[0], None, with_data=False)
+        revision = self._next_revision()
+        stored = type(obj)()
+        stored.CopyFrom(obj)
+        m: meta_pb2.ObjectMeta = stored.metadata
+        if prev is None:
+            m.uid = str(uuid.uuid4())
+            m.create_time.FromNanoseconds(self.now_ns)
+        else:
+            m.uid = prev.metadata.uid
+            m.create_time.CopyFrom(prev.metadata.create_time)
+        m.resource_version = revision
+        m.etag = etag_of(m.uid, revision)
+        m.update_time.FromNanoseconds(self.now_ns)
+        body, sealed = self._codec.encode(stored)
+        self._conn.execute(
+            "INSERT OR REPLACE INTO objects (kind, namespace, name, uid, resource_version, body, sealed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, m.namespace, m.name, m.uid, revision, body, sealed),
+        )
+        event_type = meta_pb2.EVENT_TYPE_ADDED if prev is None else meta_pb2.EVENT_TYPE_MODIFIED
+        self._record(kind, event_type, stored, body, sealed, prev)
+        return stored
+
+    def delete(self, kind: str, namespace: str, name: str) -> Message:
+        row = self._row(kind, namespace, name)
+        if row is None:
+            raise NotFound(f"{kind} {namespace}/{name} not found")
+        revision = self._next_revision()
+        prev = self._codec.decode(kind, row[0], None, with_data=False)
+        last = self._codec.decode(kind, row[0], row[1])
+        # The DELETED event carries the last state at the deleting revision;
+        # its sealed data stays bound to the uid and version it was sealed with.
+        last.metadata.resource_version = revision
+        body = self._codec.body(last)
+        self._conn.execute(
+            "DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name)
+        )
+        self._record(kind, meta_pb2.EVENT_TYPE_DELETED, last, body, row[1], prev)
+        return last
+
+    def _record(self, kind: str, event_type: int, obj: Message, body: bytes, sealed: bytes | None, prev: Message | None) -> None:
+        self.changes.append(Change(self.revision, kind, event_type, obj, prev))
+        self._rows.append(
+            (
+                self.revision,
+                len(self.changes),
+                self.now_ns,
+                kind,
+                event_type,
+                body,
+                sealed,
+                None if prev is None else prev.SerializeToString(),
+            )
+        )
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        self._conn.executemany(
+            "INSERT INTO events (revision, seq, time_ns, kind, type, body, sealed, prev_body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self._rows,
+        )
+        self._conn.execute("UPDATE state SET revision=? WHERE id=1", (self.revision,))
+
+
+@dataclass
+class _Job:
+    fn: Callable[[Txn], Any]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+class Store:
+    """Objects and history in one SQLite file. Create with `Store.open(path, keyring)`."""
+
+    def __init__(self, path: Path, keyring: KeyRing) -> None:
+        self.path = Path(path)
+        self._codec = _Codec(keyring)
+        writer = _connect(self.path)
+        migrate(writer)
+        self._writer = writer
+        self._reader = _connect(self.path)
+        self._revision = self._reader.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._listeners: list[Callable[[list[Change]], None]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="satchel-store-writer", daemon=True)
+        self._thread.start()
+
+    # -- writes -----------------------------------------------------------
+
+    async def write(self, fn: Callable[[Txn], T]) -> T:
+        """Runs `fn(txn)` in the writer thread; returns its result once durable."""
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Job(fn, future, loop))
+        return await future
+
+    def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
+        """`listener(changes)` runs on the event loop after each commit, in revision order."""
+        self._listeners.append(listener)
+
+    @property
+    def revision(self) -> int:
+        """The last committed revision (as published to listeners)."""
+        return self._revision
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            batch = [job]
+            while len(batch) < _BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                batch.append(nxt)
+            self._commit(batch)  # type: ignore[arg-type]
+
+    def _commit(self, batch: list[_Job]) -> None:
+        conn = self._writer
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        changes: list[Change] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            revision = conn.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
+            for job in batch:
+                txn = Txn(conn, self._codec, revision)
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(txn)
+                    txn.flush()
+                except BaseException as e:  # the job's own failure: undo just this job
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, None, e))
+                    continue
+                conn.execute("RELEASE job")
+                revision = txn.revision
+                changes.extend(txn.changes)
+                outcomes.append((job, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = Unavailable("the store could not commit the write; it was not applied")
+            for job in batch:
+                job.loop.call_soon_threadsafe(_settle, job.future, None, failure)
+            return
+        if changes:
+            batch[0].loop.call_soon_threadsafe(self._publish, changes)
+        for job, result, error in outcomes:
+            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+    def _publish(self, changes: list[Change]) -> None:
+        self._revision = changes[-1].revision
+        for listener in self._listeners:
+            listener(changes)
+
+    # -- reads ------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
+        row = self._reader.execute(
+            "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?",
+            (kind, namespace, name),
+        ).fetchone()
+        return None if row is None else self._codec.decode(kind, row[0], row[1], with_data)
+
+    def list(
+        self,
+        kind: str,
+        *,
+        namespace: str = "",
+        after: tuple[str, str] = ("", ""),
+        limit: int,
+        match: Callable[[Message], bool] = lambda _obj: True,
+        with_data: bool = True,
+    ) -> tuple[list[Message], bool, int]:
+        """Up to `limit` matching objects after `after` in (namespace, name) order,
+        whether more follow, and the revision they were read at."""
+        conn = self._reader
+        sql = "SELECT body, sealed FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
+        args: list[Any] = [kind, *after]
+        if namespace:
+            sql += " AND namespace=?"
+            args.append(namespace)
+        sql += " ORDER BY namespace, name"
+        found: list[Message] = []
+        more = False
+        conn.execute("BEGIN")
+        try:
+            revision = conn.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
+            for body, sealed in conn.execute(sql, args):
+                obj = self._codec.decode(kind, body, None, with_data=False)
+                if not match(obj):
+                    continue
+                if len(found) == limit:
+                    more = True
+                    break
+                if sealed is not None and with_data:
+                    obj = self._codec.decode(kind, body, sealed)
+                found.append(obj)
+        finally:
+            conn.execute("COMMIT")
+        return found, more, revision
+
+    def snapshot(self, kinds: tuple[str, ...]) -> Iterator[tuple[int, str, Message]]:
+        """Every object of `kinds` (with data) at one consistent revision:
+        yields (revision, kind, obj). Used for a watch's initial state."""
+        conn = self._reader
+        marks = ",".join("?" * len(kinds))
+        conn.execute("BEGIN")
+        try:
+            revision = conn.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
+            rows = conn.execute(
+                f"SELECT kind, body, sealed FROM objects WHERE kind IN ({marks}) ORDER BY kind, namespace, name",
+                kinds,
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        for kind, body, sealed in rows:
+            yield revision, kind, self._codec.decode(kind, body, sealed)
+
+    def history(self, after: int, upto: int, kinds: tuple[str, ...]) -> tuple[int, list[Change]]:
+        """The compact revision and the recorded changes in (after, upto]."""
+        conn = self._reader
+        marks = ",".join("?" * len(kinds))
+        conn.execute("BEGIN")
+        try:
+            compact = conn.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
+            rows = conn.execute(
+                "SELECT revision, kind, type, body, sealed, prev_body FROM events"
+                f" WHERE revision > ? AND revision <= ? AND kind IN ({marks}) ORDER BY revision, seq",
+                (after, upto, *kinds),
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        changes = [
+            Change(
+                revision,
+                kind,
+                event_type,
+                self._codec.decode(kind, body, sealed),
+                None if prev is None else _kinds.MESSAGES[kind].FromString(prev),
+            )
+            for revision, kind, event_type, body, sealed, prev in rows
+        ]
+        return compact, changes
+
+    def close(self) -> None:
+        """Stops the writer after the queued writes and closes the database."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._writer.close()
+        self._reader.close()
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -1,0 +1,151 @@
+"""Checks of names, labels and secret contents, collected into one InvalidArgument.
+
+Each check appends (field, why) to a Violations list, so that a caller learns
+every bad field of a request at once. Messages never quote secret values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from satchel.v1 import secret_pb2
+
+from ._errors import InvalidArgument
+
+MAX_SECRET_BYTES = 1024 * 1024
+MAX_ANNOTATION_BYTES = 256 * 1024
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_LABEL = re.compile(_LABEL)
+_DNS_SUBDOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+class Violations(list[tuple[str, str]]):
+    """The bad fields of one request; `raise_if_any` turns them into an error."""
+
+    def add(self, field: str, why: str) -> None:
+        self.append((field, why))
+
+    def raise_if_any(self) -> None:
+        if self:
+            raise InvalidArgument(list(self))
+
+
+def _show(value: str) -> str:
+    """A short, printable rendering of a caller-supplied (non-secret) name."""
+    shown = value if len(value) <= 64 else value[:61] + "..."
+    return json.dumps(shown)
+
+
+def is_dns_label(value: str) -> bool:
+    return len(value) <= 63 and _DNS_LABEL.fullmatch(value) is not None
+
+
+def is_dns_subdomain(value: str) -> bool:
+    return len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value) is not None
+
+
+def check_namespace(v: Violations, field: str, value: str) -> None:
+    if not is_dns_label(value):
+        v.add(field, f"{_show(value)} is not a DNS-1123 label (lowercase a-z, 0-9 and '-', at most 63)")
+
+
+def check_name(v: Violations, field: str, value: str) -> None:
+    if not value:
+        v.add(field, "is required")
+    elif not is_dns_subdomain(value):
+        v.add(
+            field,
+            f"{_show(value)} is not a DNS-1123 subdomain (lowercase a-z, 0-9, '-' and '.', at most 253)",
+        )
+
+
+def _check_key(v: Violations, field: str, key: str) -> None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (prefix and is_dns_subdomain(prefix)):
+        v.add(field, f"key {_show(key)} has a prefix that is not a DNS-1123 subdomain")
+    if not (len(name) <= 63 and _QUALIFIED_NAME.fullmatch(name)):
+        v.add(
+            field,
+            f"key {_show(key)} must be at most 63 alphanumerics with '-', '_' or '.' inside, optionally after a prefix and '/'",
+        )
+
+
+def check_labels(v: Violations, field: str, labels: Mapping[str, str]) -> None:
+    for key, value in labels.items():
+        _check_key(v, field, key)
+        if value and not (len(value) <= 63 and _QUALIFIED_NAME.fullmatch(value)):
+            v.add(
+                field,
+                f"value of {_show(key)} must be empty or at most 63 alphanumerics with '-', '_' or '.' inside",
+            )
+
+
+def check_annotations(v: Violations, field: str, annotations: Mapping[str, str]) -> None:
+    total = 0
+    for key, value in annotations.items():
+        _check_key(v, field, key)
+        total += len(key.encode()) + len(value.encode())
+    if total > MAX_ANNOTATION_BYTES:
+        v.add(field, f"annotations are {total} bytes; at most {MAX_ANNOTATION_BYTES} are allowed")
+
+
+def check_data(v: Violations, field: str, data: Mapping[str, bytes]) -> None:
+    """Keys become file names on nodes, so they are held to a safe alphabet."""
+    total = 0
+    for key, value in data.items():
+        if not (len(key) <= 253 and _DATA_KEY.fullmatch(key)) or key == "." or key.startswith(".."):
+            v.add(
+                f"{field}[{_show(key)}]",
+                "key must be 1-253 of [-._a-zA-Z0-9], not '.' and not starting with '..'",
+            )
+        total += len(key.encode()) + len(value)
+    if total > MAX_SECRET_BYTES:
+        v.add(field, f"data is {total} bytes; at most {MAX_SECRET_BYTES} are allowed")
+
+
+def check_type_rules(v: Violations, field: str, secret_type: int, data: Mapping[str, bytes]) -> None:
+    """The per-type key rules of DESIGN.md; values are inspected, never echoed."""
+    T = secret_pb2.SecretType
+    if secret_type == T.SECRET_TYPE_TLS:
+        _check_tls_pair(v, field, data)
+    elif secret_type == T.SECRET_TYPE_BASIC_AUTH:
+        if "username" not in data and "password" not in data:
+            v.add(field, "a BASIC_AUTH secret needs the key 'username' or 'password'")
+    elif secret_type == T.SECRET_TYPE_DOCKER_CONFIG_JSON:
+        raw = data.get(".dockerconfigjson")
+        if raw is None:
+            v.add(field, "a DOCKER_CONFIG_JSON secret needs the key '.dockerconfigjson'")
+        else:
+            try:
+                json.loads(raw)
+            except ValueError:
+                v.add(f'{field}[".dockerconfigjson"]', "is not valid JSON")
+
+
+def _check_tls_pair(v: Violations, field: str, data: Mapping[str, bytes]) -> None:
+    crt, key = data.get("tls.crt"), data.get("tls.key")
+    if crt is None or key is None:
+        v.add(field, "a TLS secret needs the keys 'tls.crt' and 'tls.key'")
+        return
+    try:
+        certificate = x509.load_pem_x509_certificates(crt)[0]
+    except ValueError:
+        v.add(f'{field}["tls.crt"]', "is not a PEM certificate")
+        return
+    try:
+        private_key = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        v.add(f'{field}["tls.key"]', "is not an unencrypted PEM private key")
+        return
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if certificate.public_key().public_bytes(der, public) != private_key.public_key().public_bytes(der, public):
+        v.add(field, "'tls.key' does not match the certificate in 'tls.crt'")
