@@ -23,6 +23,7 @@ from ._labels import LabelSelector
 from ._paging import PageTokens, page_size
 from ._policy import Authorizer
 from ._store import Store, Txn
+from ._watch import View, WatchHub
 
 _SINGULAR = {SERVICE_ACCOUNTS: "service account", SECRETS: "secret", WORKLOADS: "workload"}
 
@@ -30,8 +31,11 @@ _SINGULAR = {SERVICE_ACCOUNTS: "service account", SECRETS: "secret", WORKLOADS: 
 class Resources:
     """Create, get, list, update and delete for every kind, authorized."""
 
-    def __init__(self, store: Store, authorizer: Authorizer, page_tokens: PageTokens, trust_domain: str) -> None:
+    def __init__(
+        self, store: Store, hub: WatchHub, authorizer: Authorizer, page_tokens: PageTokens, trust_domain: str
+    ) -> None:
         self.store = store
+        self.hub = hub
         self.authorizer = authorizer
         self._page_tokens = page_tokens
         self.trust_domain = trust_domain
@@ -144,6 +148,24 @@ class Resources:
 
         return self._readable(await self.store.write(write))
 
+    async def watch(self, kind: str, request: Message):  # noqa: ANN201
+        """The serialized events of one Watch call (see WatchHub.stream)."""
+        namespace = request.namespace
+        self.authorize("watch", kind, namespace)
+        if namespace:
+            _resources.check_key(kind, namespace, "x")
+        view = View(
+            kind,
+            namespace,
+            LabelSelector.parse(request.label_selector),
+            with_data=kind == SECRETS
+            and self.authorizer.allowed(_interceptors.principal(), "read-data", SECRETS, namespace),
+        )
+        async for payload in self.hub.stream(
+            view, since_revision=request.since_revision, send_initial=request.send_initial
+        ):
+            yield payload
+
     async def delete(self, kind: str, namespace: str, name: str, etag: str) -> None:
         namespace = _resources.namespace_or_default(namespace)
         self.authorize("delete", kind, namespace, name)
@@ -191,8 +213,8 @@ class ServiceAccountService(service_account_pb2_grpc.ServiceAccountServiceServic
         return service_account_pb2.DeleteServiceAccountResponse()
 
     async def WatchServiceAccounts(self, request, context):
-        raise _later("WatchServiceAccounts")
-        yield  # an async generator, as every Watch handler is
+        async for payload in self._r.watch(SERVICE_ACCOUNTS, request):
+            yield payload
 
     async def IssueCertificate(self, request, context):
         raise _later("IssueCertificate")
@@ -224,8 +246,8 @@ class SecretService(secret_pb2_grpc.SecretServiceServicer):
         raise _later("RotateSecret")
 
     async def WatchSecrets(self, request, context):
-        raise _later("WatchSecrets")
-        yield
+        async for payload in self._r.watch(SECRETS, request):
+            yield payload
 
 
 class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
@@ -251,8 +273,8 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         return workload_pb2.DeleteWorkloadResponse()
 
     async def WatchWorkloads(self, request, context):
-        raise _later("WatchWorkloads")
-        yield
+        async for payload in self._r.watch(WORKLOADS, request):
+            yield payload
 
 
 class TokenService(token_pb2_grpc.TokenServiceServicer):

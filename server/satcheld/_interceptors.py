@@ -204,3 +204,23 @@ class AuthenticationInterceptor(aio.ServerInterceptor):
                 yield item
 
         return _wrap(handler, around, streaming_around)
+
+
+class PreserializedStreams(aio.ServerInterceptor):
+    """Lets Watch handlers yield events already serialized (once per view, by
+    the watch hub) instead of messages serialized again for every stream."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_stream is None or details.method.startswith(_INFRASTRUCTURE):
+            return handler
+        serialize = handler.response_serializer
+
+        def passthrough(message: Any) -> bytes:
+            return message if isinstance(message, bytes) else serialize(message)
+
+        return handler._replace(response_serializer=passthrough)

@@ -17,11 +17,12 @@ from satchel.v1 import secret_pb2, secret_pb2_grpc, service_account_pb2, service
 from satchel.v1 import token_pb2, token_pb2_grpc, workload_pb2, workload_pb2_grpc
 
 from . import _handlers, _reflection
-from ._interceptors import AuditLog, AuthenticationInterceptor, RequestInterceptor
+from ._interceptors import AuditLog, AuthenticationInterceptor, PreserializedStreams, RequestInterceptor
 from ._keyring import KeyRing
 from ._paging import PageTokens
 from ._policy import Authorizer, Policy
 from ._store import Store
+from ._watch import WatchHub
 
 log = logging.getLogger("satcheld")
 
@@ -93,6 +94,8 @@ class Server:
         self.config = config
         self._grpc: aio.Server | None = None
         self._store: Store | None = None
+        self.hub: WatchHub | None = None
+        self._tasks: list[asyncio.Task] = []
         self._audit_stream: IO[str] | None = None
         self._health = health.aio.HealthServicer()
         self.address = ""
@@ -125,11 +128,16 @@ class Server:
         except Exception as e:
             raise ConfigError(f"cannot open database {c.db}: {e}") from None
 
+        self.hub = WatchHub(self._store, bookmark_interval=c.bookmark_interval.total_seconds())
         resources = _handlers.Resources(
-            self._store, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
+            self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
         )
         server = aio.server(
-            interceptors=(RequestInterceptor(AuditLog(self._audit_stream)), AuthenticationInterceptor(c.trust_domain)),
+            interceptors=(
+                RequestInterceptor(AuditLog(self._audit_stream)),
+                AuthenticationInterceptor(c.trust_domain),
+                PreserializedStreams(),
+            ),
             options=server_options(c),
             maximum_concurrent_rpcs=None,
         )
@@ -154,10 +162,37 @@ class Server:
         self.address = f"{host}:{bound}"
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks = [
+            asyncio.create_task(self.hub.run_bookmarks(), name="satchel-bookmarks"),
+            asyncio.create_task(self._run_compaction(), name="satchel-compaction"),
+        ]
         return self.address
+
+    async def compact(self) -> int:
+        """Forgets history beyond the configured age and count; returns the compact revision."""
+        assert self._store is not None
+        c = self.config
+        return await self._store.compact(
+            keep_seconds=c.history_age.total_seconds(), keep_events=c.history_events
+        )
+
+    async def _run_compaction(self) -> None:
+        interval = min(60.0, max(1.0, self.config.history_age.total_seconds() / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.compact()
+            except Exception:
+                log.exception("history compaction failed; will retry")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets running ones finish within the grace, closes the store."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.hub is not None:
+            self.hub.close()
         if self._grpc is not None:
             await self._health.enter_graceful_shutdown()
             await self._grpc.stop(self.config.shutdown_grace if grace is None else grace)

@@ -263,8 +263,9 @@ class Store:
         writer = _connect(self.path)
         migrate(writer)
         self._writer = writer
-        self._reader = _connect(self.path)
-        self._revision = self._reader.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
+        self._readers = threading.local()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._revision = self._committed_revision(writer)
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._closed = False
@@ -350,8 +351,16 @@ class Store:
 
     # -- reads ------------------------------------------------------------
 
+    def _reader(self) -> sqlite3.Connection:
+        """A read connection per thread: reads in WAL mode never block the writer."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._readers.conn = _connect(self.path)
+            self._all_readers.append(conn)
+        return conn
+
     def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
-        row = self._reader.execute(
+        row = self._reader().execute(
             "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?",
             (kind, namespace, name),
         ).fetchone()
@@ -369,7 +378,7 @@ class Store:
     ) -> tuple[list[Message], bool, int]:
         """Up to `limit` matching objects after `after` in (namespace, name) order,
         whether more follow, and the revision they were read at."""
-        conn = self._reader
+        conn = self._reader()
         sql = "SELECT body, sealed FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
         args: list[Any] = [kind, *after]
         if namespace:
@@ -395,48 +404,84 @@ class Store:
             conn.execute("COMMIT")
         return found, more, revision
 
-    def snapshot(self, kinds: tuple[str, ...]) -> Iterator[tuple[int, str, Message]]:
-        """Every object of `kinds` (with data) at one consistent revision:
-        yields (revision, kind, obj). Used for a watch's initial state."""
-        conn = self._reader
-        marks = ",".join("?" * len(kinds))
+    def snapshot(self, kind: str) -> tuple[int, list[Message]]:
+        """Every object of `kind` (with data) and the revision they were read at,
+        from one consistent read. Used for a watch's initial state."""
+        conn = self._reader()
         conn.execute("BEGIN")
         try:
             revision = conn.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
             rows = conn.execute(
-                f"SELECT kind, body, sealed FROM objects WHERE kind IN ({marks}) ORDER BY kind, namespace, name",
-                kinds,
+                "SELECT body, sealed FROM objects WHERE kind=? ORDER BY namespace, name", (kind,)
             ).fetchall()
         finally:
             conn.execute("COMMIT")
-        for kind, body, sealed in rows:
-            yield revision, kind, self._codec.decode(kind, body, sealed)
+        return revision, [self._codec.decode(kind, body, sealed) for body, sealed in rows]
 
-    def history(self, after: int, upto: int, kinds: tuple[str, ...]) -> tuple[int, list[Change]]:
-        """The compact revision and the recorded changes in (after, upto]."""
-        conn = self._reader
-        marks = ",".join("?" * len(kinds))
+    def history(self, kind: str, after: int, upto: int) -> tuple[int, list[Change]]:
+        """The compact revision (history after it is complete) and the recorded
+        changes of `kind` in revisions (after, upto], in order."""
+        conn = self._reader()
         conn.execute("BEGIN")
         try:
             compact = conn.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
             rows = conn.execute(
-                "SELECT revision, kind, type, body, sealed, prev_body FROM events"
-                f" WHERE revision > ? AND revision <= ? AND kind IN ({marks}) ORDER BY revision, seq",
-                (after, upto, *kinds),
+                "SELECT revision, type, body, sealed, prev_body FROM events"
+                " WHERE kind=? AND revision > ? AND revision <= ? ORDER BY revision, seq",
+                (kind, after, upto),
             ).fetchall()
         finally:
             conn.execute("COMMIT")
+        message = _kinds.MESSAGES[kind]
         changes = [
             Change(
                 revision,
                 kind,
                 event_type,
                 self._codec.decode(kind, body, sealed),
-                None if prev is None else _kinds.MESSAGES[kind].FromString(prev),
+                None if prev is None else message.FromString(prev),
             )
-            for revision, kind, event_type, body, sealed, prev in rows
+            for revision, event_type, body, sealed, prev in rows
         ]
         return compact, changes
+
+    async def compact(self, *, keep_seconds: float, keep_events: int, max_rows: int = 5000) -> int:
+        """Forgets history that is both older than `keep_seconds` and beyond the
+        newest `keep_events` events. Deletes at most `max_rows` rows per write
+        job, so queued writes interleave and are never held up for long.
+        Returns the compact revision: history after it is complete."""
+        cutoff_ns = time.time_ns() - int(keep_seconds * 1e9)
+        while True:
+            deleted, compact = await self.write(
+                lambda txn: self._compact_chunk(txn._conn, cutoff_ns, keep_events, max_rows)
+            )
+            if deleted < max_rows:
+                return compact
+
+    def _compact_chunk(self, conn: sqlite3.Connection, cutoff_ns: int, keep_events: int, max_rows: int) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT revision FROM events ORDER BY revision DESC, seq DESC LIMIT 1 OFFSET ?",
+            (max(keep_events, 1) - 1,),
+        ).fetchone()
+        by_count = row[0] if row else 0  # this revision and newer stay
+        row = conn.execute("SELECT MIN(revision) FROM events WHERE time_ns >= ?", (cutoff_ns,)).fetchone()
+        by_age = row[0] if row[0] is not None else self._committed_revision(conn) + 1
+        keep_from = min(by_count, by_age)
+        doomed = conn.execute(
+            "SELECT revision FROM events WHERE revision < ? ORDER BY revision LIMIT 1 OFFSET ?",
+            (keep_from, max_rows),
+        ).fetchone()
+        below = doomed[0] if doomed else keep_from
+        deleted = conn.execute("DELETE FROM events WHERE revision < ?", (below,)).rowcount
+        compact = conn.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
+        if below - 1 > compact:
+            compact = below - 1
+            conn.execute("UPDATE state SET compact_revision=? WHERE id=1", (compact,))
+        return deleted, compact
+
+    @staticmethod
+    def _committed_revision(conn: sqlite3.Connection) -> int:
+        return conn.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
 
     def close(self) -> None:
         """Stops the writer after the queued writes and closes the database."""
@@ -446,7 +491,8 @@ class Store:
         self._queue.put(_STOP)
         self._thread.join()
         self._writer.close()
-        self._reader.close()
+        for conn in self._all_readers:
+            conn.close()
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

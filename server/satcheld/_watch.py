@@ -1,0 +1,287 @@
+"""The watch hub: fans committed changes out to Watch streams.
+
+The store calls `publish` on the event loop after each commit, in revision
+order. Streams with the same view (kind, namespace, selector, data
+visibility) share one group, and an event is built and serialized once per
+group, not once per stream. Each stream has a bounded buffer; the hub never
+waits for a stream, and one that falls behind is cut off with
+RESOURCE_EXHAUSTED and resumes from its last revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
+
+from . import _resources
+from ._errors import InvalidArgument, OutOfRange, ResourceExhausted, SatchelError, Unavailable
+from ._kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
+from ._labels import LabelSelector
+from ._store import Change, Store
+
+log = logging.getLogger("satcheld.watch")
+
+ADDED = meta_pb2.EVENT_TYPE_ADDED
+MODIFIED = meta_pb2.EVENT_TYPE_MODIFIED
+DELETED = meta_pb2.EVENT_TYPE_DELETED
+BOOKMARK = meta_pb2.EVENT_TYPE_BOOKMARK
+SYNCED = meta_pb2.EVENT_TYPE_SYNCED
+
+RESPONSES: dict[str, type[Message]] = {
+    SERVICE_ACCOUNTS: service_account_pb2.WatchServiceAccountsResponse,
+    SECRETS: secret_pb2.WatchSecretsResponse,
+    WORKLOADS: workload_pb2.WatchWorkloadsResponse,
+}
+
+_HISTORY_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class View:
+    """What one stream may see. Streams with equal views share serialization."""
+
+    kind: str
+    namespace: str = ""
+    selector: LabelSelector = field(default_factory=LabelSelector)
+    with_data: bool = True
+
+    def matches(self, obj: Message) -> bool:
+        meta = obj.metadata
+        return (not self.namespace or meta.namespace == self.namespace) and self.selector.matches(meta.labels)
+
+    def event_for(self, change: Change) -> int | None:
+        """The event type this view sees for `change`: objects whose labels move
+        them into or out of the view are ADDED or DELETED for it."""
+        if change.kind != self.kind:
+            return None
+        now = change.type != DELETED and self.matches(change.obj)
+        before = change.prev is not None and self.matches(change.prev)
+        if change.type == DELETED:
+            return DELETED if before else None
+        if now:
+            return MODIFIED if before else ADDED
+        return DELETED if before else None
+
+
+def encode(view: View, event_type: int, revision: int, obj: Message | None = None) -> bytes:
+    response = RESPONSES[view.kind](type=event_type, revision=revision)
+    if obj is not None:
+        target = getattr(response, _resources.FIELD[view.kind])
+        target.CopyFrom(obj)
+        if not view.with_data and isinstance(target, secret_pb2.Secret):
+            target.ClearField("data")
+    return response.SerializeToString()
+
+
+class Subscription:
+    """One stream's bounded buffer of (revision, serialized event, is a bookmark)."""
+
+    __slots__ = ("view", "floor", "_items", "_bytes", "_waiter", "_failure", "idle_since", "last_revision", "_limits")
+
+    def __init__(self, view: View, floor: int, limits: tuple[int, int], now: float) -> None:
+        self.view = view
+        self.floor = floor  # events at or below this revision were already sent
+        self._items: collections.deque[tuple[int, bytes, bool]] = collections.deque()
+        self._bytes = 0
+        self._waiter: asyncio.Future | None = None
+        self._failure: SatchelError | None = None
+        self._limits = limits
+        self.idle_since = now
+        self.last_revision = floor
+
+    def push(self, revision: int, payload: bytes, bookmark: bool = False) -> None:
+        if self._failure is not None:
+            return
+        max_events, max_bytes = self._limits
+        if len(self._items) >= max_events or self._bytes + len(payload) > max_bytes:
+            self.fail(
+                ResourceExhausted(
+                    "the watch fell behind its buffer and was cut off; resume from the last revision received",
+                    reason="WATCH_BUFFER_OVERFLOW",
+                    metadata={"last_revision": str(self.last_revision)},
+                )
+            )
+            return
+        self._items.append((revision, payload, bookmark))
+        self._bytes += len(payload)
+        self._wake()
+
+    def fail(self, error: SatchelError) -> None:
+        """Ends the stream with `error` once it asks for its next event; frees the buffer."""
+        if self._failure is None:
+            self._failure = error
+            self._items.clear()
+            self._bytes = 0
+            self._wake()
+
+    @property
+    def idle(self) -> bool:
+        return not self._items
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self) -> tuple[int, bytes, bool]:
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._items:
+                item = self._items.popleft()
+                self._bytes -= len(item[1])
+                return item
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+class WatchHub:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        bookmark_interval: float = 10.0,
+        buffer_events: int = 10_000,
+        buffer_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self._store = store
+        self.bookmark_interval = bookmark_interval
+        self._limits = (buffer_events, buffer_bytes)
+        # kind -> view -> subscriptions with that view
+        self._groups: dict[str, dict[View, set[Subscription]]] = {k: {} for k in RESPONSES}
+        self._closed: SatchelError | None = None
+        store.add_listener(self.publish)
+
+    @property
+    def revision(self) -> int:
+        return self._store.revision
+
+    def streams(self) -> int:
+        return sum(len(subs) for groups in self._groups.values() for subs in groups.values())
+
+    # -- fan-out ------------------------------------------------------------
+
+    def publish(self, changes: list[Change]) -> None:
+        for change in changes:
+            encoded: dict[tuple[int, bool], bytes] = {}
+            for view, subs in self._groups[change.kind].items():
+                event_type = view.event_for(change)
+                if event_type is None:
+                    continue
+                key = (event_type, view.with_data)
+                payload = encoded.get(key)
+                if payload is None:
+                    payload = encoded[key] = encode(view, event_type, change.revision, change.obj)
+                for sub in subs:
+                    sub.push(change.revision, payload)
+
+    def _subscribe(self, view: View) -> Subscription:
+        if self._closed is not None:
+            raise self._closed
+        loop = asyncio.get_running_loop()
+        sub = Subscription(view, self.revision, self._limits, loop.time())
+        self._groups[view.kind].setdefault(view, set()).add(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        group = self._groups[sub.view.kind]
+        subs = group.get(sub.view)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del group[sub.view]
+
+    def close(self) -> None:
+        """Ends every stream with UNAVAILABLE (the server is going away)."""
+        self._closed = Unavailable("the server is shutting down; resume from the last revision received")
+        for groups in self._groups.values():
+            for subs in groups.values():
+                for sub in subs:
+                    sub.fail(self._closed)
+
+    async def run_bookmarks(self) -> None:
+        """Sends BOOKMARK to streams idle for about the bookmark interval. A stream
+        whose buffer is empty has been sent every event up to the hub's revision,
+        so the bookmark never precedes an event at or below it."""
+        tick = self.bookmark_interval / 5
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now, revision = loop.time(), self.revision
+            encoded: dict[str, bytes] = {}
+            for kind, groups in self._groups.items():
+                for view, subs in groups.items():
+                    for sub in subs:
+                        if sub.idle and now - sub.idle_since >= self.bookmark_interval - tick and revision >= sub.last_revision:
+                            payload = encoded.get(kind)
+                            if payload is None:
+                                payload = encoded[kind] = encode(view, BOOKMARK, revision)
+                            sub.push(revision, payload, bookmark=True)
+
+    # -- one stream -----------------------------------------------------------
+
+    async def stream(self, view: View, *, since_revision: int, send_initial: bool) -> AsyncIterator[bytes]:
+        """The serialized events of one Watch call, in revision order, without
+        gaps or duplicates between its initial part and the live tail."""
+        if since_revision < 0:
+            raise InvalidArgument([("since_revision", "must not be negative")])
+        if since_revision > self.revision:
+            raise InvalidArgument(
+                [("since_revision", f"revision {since_revision} is in the future (the latest is {self.revision})")]
+            )
+        sub = self._subscribe(view)  # first, so nothing committed from now on is missed
+        loop = asyncio.get_running_loop()
+        try:
+            if send_initial:
+                initial = self._initial(view)
+            elif since_revision:
+                initial = self._replay(view, since_revision, upto=sub.floor)
+            else:
+                initial = None
+            if initial is not None:
+                async for revision, payload in initial:
+                    sub.floor = max(sub.floor, revision)
+                    sub.last_revision = revision
+                    yield payload
+            while True:
+                revision, payload, bookmark = await sub.next()
+                if revision <= sub.floor and not bookmark:
+                    continue  # already sent by the initial part
+                sub.last_revision = revision
+                yield payload
+                sub.idle_since = loop.time()
+        finally:
+            self._unsubscribe(sub)
+
+    async def _initial(self, view: View) -> AsyncIterator[tuple[int, bytes]]:
+        revision, objects = await asyncio.to_thread(self._store.snapshot, view.kind)
+        for obj in objects:
+            if view.matches(obj):
+                yield revision, encode(view, ADDED, revision, obj)
+        yield revision, encode(view, SYNCED, revision)
+
+    async def _replay(self, view: View, since: int, *, upto: int) -> AsyncIterator[tuple[int, bytes]]:
+        after = since
+        while after < upto:
+            last = min(upto, after + _HISTORY_CHUNK)
+            compact, changes = await asyncio.to_thread(self._store.history, view.kind, after, last)
+            if since < compact:
+                raise OutOfRange(
+                    f"revision {since} has been compacted (history starts after {compact}); list again",
+                    reason="REVISION_COMPACTED",
+                    metadata={"compact_revision": str(compact)},
+                )
+            for change in changes:
+                event_type = view.event_for(change)
+                if event_type is not None:
+                    yield change.revision, encode(view, event_type, change.revision, change.obj)
+            after = last
