@@ -16,7 +16,7 @@ from satchel.v1 import (
     workload_pb2_grpc,
 )
 
-from . import _interceptors, _resources
+from . import _guard, _resources
 from ._errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, Unimplemented
 from ._kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
 from ._labels import LabelSelector
@@ -42,10 +42,10 @@ class Resources:
 
     def authorize(self, verb: str, kind: str, namespace: str, name: str = "") -> None:
         """Checks permission before anything else, and notes it for the audit record."""
-        req = _interceptors.current()
+        req = _guard.current()
         req.resource = f"{kind}/{namespace}/{name}" if name else f"{kind}/{namespace or '*'}"
         try:
-            self.authorizer.check(_interceptors.principal(), verb, kind, namespace, name)
+            self.authorizer.check(_guard.principal(), verb, kind, namespace, name)
         except Exception:
             req.decision = "deny"
             raise
@@ -54,7 +54,7 @@ class Resources:
     def _readable(self, obj: Message) -> Message:
         """The object as this caller may see it: secret data only with read-data."""
         if isinstance(obj, secret_pb2.Secret) and obj.data:
-            if not self.authorizer.allowed(_interceptors.principal(), "read-data", SECRETS, obj.metadata.namespace):
+            if not self.authorizer.allowed(_guard.principal(), "read-data", SECRETS, obj.metadata.namespace):
                 _resources.strip_data(obj)
         return obj
 
@@ -107,7 +107,7 @@ class Resources:
         query = (kind, namespace, request.label_selector)
         after = self._page_tokens.decode(request.page_token, query)
         with_data = kind == SECRETS and self.authorizer.allowed(
-            _interceptors.principal(), "read-data", SECRETS, namespace
+            _guard.principal(), "read-data", SECRETS, namespace
         )
         items, more, revision = self.store.list(
             kind,
@@ -159,7 +159,7 @@ class Resources:
             namespace,
             LabelSelector.parse(request.label_selector),
             with_data=kind == SECRETS
-            and self.authorizer.allowed(_interceptors.principal(), "read-data", SECRETS, namespace),
+            and self.authorizer.allowed(_guard.principal(), "read-data", SECRETS, namespace),
         )
         async for payload in self.hub.stream(
             view, since_revision=request.since_revision, send_initial=request.send_initial

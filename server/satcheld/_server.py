@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
 
 import grpc
 from grpc import aio
@@ -17,7 +16,7 @@ from satchel.v1 import secret_pb2, secret_pb2_grpc, service_account_pb2, service
 from satchel.v1 import token_pb2, token_pb2_grpc, workload_pb2, workload_pb2_grpc
 
 from . import _handlers, _reflection
-from ._interceptors import AuditLog, AuthenticationInterceptor, PreserializedStreams, RequestInterceptor
+from ._guard import AuditLog, Guard, GuardedRegistrar
 from ._keyring import KeyRing
 from ._paging import PageTokens
 from ._policy import Authorizer, Policy
@@ -96,7 +95,7 @@ class Server:
         self._store: Store | None = None
         self.hub: WatchHub | None = None
         self._tasks: list[asyncio.Task] = []
-        self._audit_stream: IO[str] | None = None
+        self._audit: AuditLog | None = None
         self._health = health.aio.HealthServicer()
         self.address = ""
 
@@ -118,11 +117,10 @@ class Server:
             policy = Policy.load(c.policy)
         except Exception as e:
             raise ConfigError(str(e)) from None
-        if c.audit_log is not None:
-            try:
-                self._audit_stream = open(c.audit_log, "a", encoding="utf-8")  # noqa: SIM115
-            except OSError as e:
-                raise ConfigError(f"cannot open audit log {c.audit_log}: {e.strerror}") from None
+        try:
+            self._audit = AuditLog(c.audit_log)
+        except OSError as e:
+            raise ConfigError(f"cannot open audit log {c.audit_log}: {e.strerror}") from None
         try:
             self._store = Store(c.db, keyring)
         except Exception as e:
@@ -132,21 +130,14 @@ class Server:
         resources = _handlers.Resources(
             self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
         )
-        server = aio.server(
-            interceptors=(
-                RequestInterceptor(AuditLog(self._audit_stream)),
-                AuthenticationInterceptor(c.trust_domain),
-                PreserializedStreams(),
-            ),
-            options=server_options(c),
-            maximum_concurrent_rpcs=None,
-        )
+        server = aio.server(options=server_options(c), maximum_concurrent_rpcs=None)
+        guarded = GuardedRegistrar(server, Guard(self._audit, c.trust_domain))
         service_account_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
-            _handlers.ServiceAccountService(resources), server
+            _handlers.ServiceAccountService(resources), guarded
         )
-        secret_pb2_grpc.add_SecretServiceServicer_to_server(_handlers.SecretService(resources), server)
-        workload_pb2_grpc.add_WorkloadServiceServicer_to_server(_handlers.WorkloadService(resources), server)
-        token_pb2_grpc.add_TokenServiceServicer_to_server(_handlers.TokenService(), server)
+        secret_pb2_grpc.add_SecretServiceServicer_to_server(_handlers.SecretService(resources), guarded)
+        workload_pb2_grpc.add_WorkloadServiceServicer_to_server(_handlers.WorkloadService(resources), guarded)
+        token_pb2_grpc.add_TokenServiceServicer_to_server(_handlers.TokenService(), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         _reflection.enable(server, (*SERVICE_NAMES, health.SERVICE_NAME))
 
@@ -200,9 +191,9 @@ class Server:
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None
-        if self._audit_stream is not None:
-            self._audit_stream.close()
-            self._audit_stream = None
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None
 
     async def wait(self) -> None:
         if self._grpc is not None:

@@ -1,0 +1,203 @@
+"""What happens around every Satchel RPC, in order:
+
+1. a request id (the caller's `x-request-id`, or a new one), sent back in trailers;
+2. authentication: the principal from the client certificate's SPIFFE ID;
+3. the handler, which asks the authorizer and notes its decision;
+4. the one error map: domain errors become statuses, anything else a bare INTERNAL;
+5. one audit record.
+
+These are applied once per method when services are registered (see
+`GuardedRegistrar`), not by grpc.aio interceptors, whose per-call dispatch
+costs more than a small RPC itself. Health and reflection are infrastructure
+and are registered unguarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from ._errors import SatchelError, Unauthenticated, internal_status
+from ._identity import Principal, principal_from_certificate
+
+log = logging.getLogger("satcheld")
+
+_REQUEST_ID = re.compile(r"[-_.:A-Za-z0-9]{1,128}")
+
+
+@dataclass(slots=True)
+class Request:
+    """What the audit record of one request says; handlers fill in the middle."""
+
+    request_id: str
+    method: str
+    principal: Principal | None = None
+    resource: str = ""
+    decision: str = ""
+    reason: str = ""
+
+
+_current: contextvars.ContextVar[Request] = contextvars.ContextVar("satchel_request")
+
+
+def current() -> Request:
+    return _current.get()
+
+
+def principal() -> Principal:
+    p = _current.get().principal
+    assert p is not None, "handler reached without authentication"
+    return p
+
+
+class AuditLog:
+    """JSON lines, one per request, appended with one write each so that a
+    crash loses nothing already answered. Never given request bodies, so
+    never secret values."""
+
+    def __init__(self, path: os.PathLike[str] | str | None) -> None:
+        self._fd = None if path is None else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, request: Request, code: grpc.StatusCode) -> None:
+        now = time.time()
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+            "request_id": request.request_id,
+            "principal": str(request.principal) if request.principal else "",
+            "method": request.method,
+            "resource": request.resource,
+            "decision": request.decision,
+            "reason": request.reason,
+            "code": code.name,
+        }
+        line = json.dumps(record, separators=(",", ":"))
+        if self._fd is not None:
+            os.write(self._fd, (line + "\n").encode())
+        else:
+            logging.getLogger("satcheld.audit").info("%s", line)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Guard:
+    """Wraps a method handler with request id, authentication, error map and audit."""
+
+    def __init__(self, audit: AuditLog, trust_domain: str) -> None:
+        self._audit = audit
+        self._trust_domain = trust_domain
+
+    def _begin(self, method: str, context: aio.ServicerContext) -> Request:
+        given = _metadata_value(context.invocation_metadata(), "x-request-id")
+        rid = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        req = Request(rid, method)
+        _current.set(req)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), None)
+        if pem is None:
+            raise Unauthenticated("no client certificate was presented", reason="NO_CLIENT_CERTIFICATE")
+        req.principal = principal_from_certificate(pem, self._trust_domain)
+        return req
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        audit = self._audit
+        begin = self._begin
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: aio.ServicerContext) -> Any:
+                req = Request("", method)
+                code = grpc.StatusCode.OK
+                try:
+                    req = begin(method, context)
+                    return await inner(request, context)
+                except BaseException as e:
+                    code = _code_of(e)
+                    await _abort(e, context, req)
+                finally:
+                    audit.write(req, code)
+
+            return handler._replace(unary_unary=unary_unary)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+            serialize = handler.response_serializer
+
+            async def unary_stream(request: Any, context: aio.ServicerContext) -> Any:
+                req = Request("", method)
+                code = grpc.StatusCode.OK
+                try:
+                    req = begin(method, context)
+                    async for item in inner_stream(request, context):
+                        yield item
+                except BaseException as e:
+                    code = _code_of(e)
+                    await _abort(e, context, req)
+                finally:
+                    audit.write(req, code)
+
+            def passthrough(message: Any) -> bytes:
+                # Watch handlers yield events already serialized once per view.
+                return message if isinstance(message, bytes) else serialize(message)
+
+            return handler._replace(unary_stream=unary_stream, response_serializer=passthrough)
+        raise TypeError(f"{method}: only unary and server-streaming methods are guarded")
+
+
+class GuardedRegistrar:
+    """Stands in for the server when a generated `add_*Servicer_to_server` runs,
+    registering every method with the guard applied once."""
+
+    def __init__(self, server: aio.Server, guard: Guard) -> None:
+        self._server = server
+        self._guard = guard
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """Ignored: the same handlers arrive through add_registered_method_handlers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        guarded = {name: self._guard.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
+        self._server.add_registered_method_handlers(service, guarded)
+
+
+def _metadata_value(metadata: Any, key: str) -> str:
+    for k, v in metadata or ():
+        if k == key and isinstance(v, str):
+            return v
+    return ""
+
+
+def _code_of(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, SatchelError):
+        return error.code
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(error: BaseException, context: aio.ServicerContext, req: Request) -> None:
+    """Ends the RPC with the status for `error`; re-raises what must propagate
+    (cancellation is never swallowed: see grpc issue 43360)."""
+    if isinstance(error, SatchelError):
+        if not req.reason and error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            req.reason = error.message
+        await context.abort_with_status(error.to_status())
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit, aio.AbortError)):
+        req.reason = req.reason or "cancelled"
+        raise error
+    log.error("internal error in %s (request %s)", req.method, req.request_id, exc_info=error)
+    await context.abort_with_status(internal_status())
