@@ -220,6 +220,9 @@ def prepare_update(current: Message, updated: Message) -> None:
     """Kind rules for an update: immutability, version bumps, derived fields."""
     if isinstance(current, Secret):
         _prepare_secret_update(current, updated)
+    elif isinstance(updated, Workload):
+        # As on create: an empty service account (e.g. `*` without one) means `default`.
+        updated.service_account = updated.service_account or DEFAULT_SERVICE_ACCOUNT
     validate(updated)
 
 
