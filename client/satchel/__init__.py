@@ -1,0 +1,71 @@
+"""Satchel: identities and secrets for fleets of machines, over mTLS gRPC.
+
+    from satchel import Client
+
+    with Client.from_env() as client:
+        client.create_secret("db", data={"password": "hunter2"})
+        for event in client.watch_secrets(send_initial=True):
+            ...
+
+The generated protobuf and gRPC code lives in `satchel.v1`.
+"""
+
+from satchel._client import AsyncClient, AsyncWatchStream, Client, WatchStream
+from satchel._config import ClientConfig
+from satchel._errors import (
+    AlreadyExistsError,
+    ConflictError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    RequestCancelledError,
+    ResourceExhaustedError,
+    RevisionCompactedError,
+    SatchelError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    from_rpc_error,
+)
+from satchel.v1.meta_pb2 import EventType, ObjectMeta
+from satchel.v1.secret_pb2 import DataKey, Secret, SecretRotation, SecretType
+from satchel.v1.service_account_pb2 import SecretReference, ServiceAccount
+from satchel.v1.workload_pb2 import Workload
+
+__all__ = [
+    "AlreadyExistsError",
+    "AsyncClient",
+    "AsyncWatchStream",
+    "Client",
+    "ClientConfig",
+    "ConflictError",
+    "DataKey",
+    "DeadlineExceededError",
+    "EventType",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "ObjectMeta",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "RequestCancelledError",
+    "ResourceExhaustedError",
+    "RevisionCompactedError",
+    "SatchelError",
+    "Secret",
+    "SecretReference",
+    "SecretRotation",
+    "SecretType",
+    "ServiceAccount",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "WatchStream",
+    "Workload",
+    "from_rpc_error",
+]
