@@ -227,6 +227,15 @@ def prepare_update(current: Message, updated: Message) -> None:
 
 
 def _prepare_secret_update(current: Secret, updated: Secret) -> None:
+    # The rotation times are output only: a mask naming `rotation` (or `*`)
+    # replaces the period and grace period, never the server's schedule.
+    for field in ("next_rotate_time", "last_rotate_time"):
+        if current.rotation.HasField(field):
+            getattr(updated.rotation, field).CopyFrom(getattr(current.rotation, field))
+        elif updated.HasField("rotation"):
+            updated.rotation.ClearField(field)
+    if updated.HasField("rotation") and not updated.rotation.ListFields():
+        updated.ClearField("rotation")
     if updated.type == secret_pb2.SECRET_TYPE_UNSPECIFIED:
         updated.type = current.type
     if updated.type != current.type:
