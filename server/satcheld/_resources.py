@@ -24,6 +24,8 @@ from ._validation import (
 )
 
 DEFAULT_NAMESPACE = "default"
+# The largest google.protobuf.Duration: 10,000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
 DEFAULT_SERVICE_ACCOUNT = "default"
 
 # The request field that carries each kind, for error field paths.
@@ -104,7 +106,10 @@ def validate(obj: Message) -> None:
                 d = getattr(obj.rotation, part)
                 if d.seconds < 0 or d.nanos < 0:
                     v.add(f"{f}.rotation.{part}", "must not be negative")
-                elif part == "period" and d.ToTimedelta().total_seconds() < 1:
+                elif d.seconds > MAX_DURATION_SECONDS or d.nanos >= 1_000_000_000:
+                    # Checked before any arithmetic: timedelta overflows long before int64 does.
+                    v.add(f"{f}.rotation.{part}", f"is not a valid duration (at most {MAX_DURATION_SECONDS}s)")
+                elif part == "period" and d.seconds < 1:
                     v.add(f"{f}.rotation.period", "must be at least 1s")
     elif isinstance(obj, Workload):
         check_name(v, f"{f}.node_name", obj.node_name)
