@@ -126,7 +126,7 @@ def check_type_rules(v: Violations, field: str, secret_type: int, data: Mapping[
         else:
             try:
                 json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
                 v.add(f'{field}[".dockerconfigjson"]', "is not valid JSON")
 
 
