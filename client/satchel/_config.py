@@ -64,9 +64,9 @@ class ClientConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown ClientConfig fields: {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = {name: os.environ.get(env) for name, (_, env) in _SOURCES.items()}
+        values: dict[str, Any] = {name: os.environ.get(env, "") for name, (_, env) in _SOURCES.items()}
         values.update((name, value) for name, value in overrides.items() if value is not None)
-        return cls(**{name: value for name, value in values.items() if value is not None})
+        return cls(**values)
 
     def credentials(self) -> grpc.ChannelCredentials:
         """mTLS channel credentials from the `ca`, `cert` and `key` files, read now."""
