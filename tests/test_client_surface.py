@@ -79,7 +79,9 @@ class FakeServer(grpc.GenericRpcHandler):
 
     def __init__(self):
         self.received = []
-        self.replies = {"GetPublicKeys": lambda request, context: token_pb2.GetPublicKeysResponse(jwks_json='{"keys": []}')}
+        self.replies = {
+            "GetPublicKeys": lambda request, context: token_pb2.GetPublicKeysResponse(jwks_json='{"keys": []}'),
+        }
         self.cancelled = threading.Event()
 
     def service(self, details):
@@ -99,7 +101,9 @@ class FakeServer(grpc.GenericRpcHandler):
             return response_type()
 
         wrap = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        return wrap(handle, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString)
+        return wrap(
+            handle, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+        )
 
     def hold_open(self, events, context):
         """Streams `events`, then stays open until the client goes away."""
@@ -172,7 +176,11 @@ def fake(certs):
 @pytest.fixture
 def config(fake, certs):
     return ClientConfig(
-        server=f"localhost:{fake.port}", ca=certs / "ca.crt", cert=certs / "admin.crt", key=certs / "admin.key", timeout=WAIT
+        server=f"localhost:{fake.port}",
+        ca=certs / "ca.crt",
+        cert=certs / "admin.crt",
+        key=certs / "admin.key",
+        timeout=WAIT,
     )
 
 
@@ -400,7 +408,8 @@ async def test_async_list_follows_next_page_token(fake, aclient):
     def list_workloads(request, context):
         if request.page_token:
             return workload_pb2.ListWorkloadsResponse(workloads=[workload_pb2.Workload(node_name="n2")])
-        return workload_pb2.ListWorkloadsResponse(workloads=[workload_pb2.Workload(node_name="n1")], next_page_token="t")
+        first = workload_pb2.Workload(node_name="n1")
+        return workload_pb2.ListWorkloadsResponse(workloads=[first], next_page_token="t")
 
     fake.replies["ListWorkloads"] = list_workloads
     assert [w.node_name async for w in aclient.list_workloads()] == ["n1", "n2"]
@@ -419,7 +428,9 @@ def test_errors_arrive_typed_with_their_details(fake, client):
 
 
 async def test_async_errors_arrive_typed(fake, aclient):
-    fake.replies["UpdateSecret"] = lambda request, context: abort(context, grpc.StatusCode.ABORTED, "etag mismatch", "ETAG_MISMATCH")
+    fake.replies["UpdateSecret"] = lambda request, context: abort(
+        context, grpc.StatusCode.ABORTED, "etag mismatch", "ETAG_MISMATCH"
+    )
     with pytest.raises(satchel.ConflictError) as caught:
         await aclient.update_secret("db", immutable=True, etag="old")
     assert caught.value.reason == "ETAG_MISMATCH"
@@ -532,7 +543,12 @@ def test_watch_relists_when_its_revision_is_compacted(fake, client):
 
     def second(request, context):
         return fake.hold_open(
-            [watch_event(ADDED, 10, "a"), watch_event(ADDED, 10, "b"), watch_event(SYNCED, 10), watch_event(MODIFIED, 11, "b")],
+            [
+                watch_event(ADDED, 10, "a"),
+                watch_event(ADDED, 10, "b"),
+                watch_event(SYNCED, 10),
+                watch_event(MODIFIED, 11, "b"),
+            ],
             context,
         )
 
@@ -640,11 +656,14 @@ async def test_async_watch_resumes_and_relists(fake, aclient):
 
     assert [(e.type, e.revision) for e in events] == [(BOOKMARK, 7), (MODIFIED, 8), (ADDED, 21), (SYNCED, 21)]
     assert relists == [True]
-    assert [(r.request.since_revision, r.request.send_initial) for r in fake.received] == [(0, False), (7, False), (0, True)]
+    requests = [(r.request.since_revision, r.request.send_initial) for r in fake.received]
+    assert requests == [(0, False), (7, False), (0, True)]
 
 
 async def test_async_watch_stops_on_permission_denied(fake, aclient):
-    fake.replies["WatchSecrets"] = lambda request, context: abort(context, grpc.StatusCode.PERMISSION_DENIED, "no", "DENIED")
+    fake.replies["WatchSecrets"] = lambda request, context: abort(
+        context, grpc.StatusCode.PERMISSION_DENIED, "no", "DENIED"
+    )
     stream = aclient.watch_secrets()
     with pytest.raises(satchel.PermissionDeniedError):
         await anext(stream)

@@ -32,7 +32,8 @@ def packed(message):
 
 
 def status_bin(code, message, *details):
-    return status_pb2.Status(code=code.value[0], message=message, details=[packed(d) for d in details]).SerializeToString()
+    status = status_pb2.Status(code=code.value[0], message=message, details=[packed(d) for d in details])
+    return status.SerializeToString()
 
 
 def error_info(reason, **metadata):
@@ -102,7 +103,11 @@ def test_bad_request_field_violations():
 
 def test_revision_compacted_is_an_out_of_range_error_with_the_compact_revision():
     error = from_rpc_error(
-        failed(grpc.StatusCode.OUT_OF_RANGE, "revision 3 is compacted", error_info("REVISION_COMPACTED", compact_revision="1200"))
+        failed(
+            grpc.StatusCode.OUT_OF_RANGE,
+            "revision 3 is compacted",
+            error_info("REVISION_COMPACTED", compact_revision="1200"),
+        )
     )
 
     assert type(error) is satchel.RevisionCompactedError

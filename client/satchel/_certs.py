@@ -10,7 +10,7 @@ import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -148,26 +148,20 @@ def init(
         ca_cert = _self_signed_ca(ca_key, trust_domain)
         _write(ca_cert_path, _cert_pem(ca_cert), 0o644)
 
-    def leaf(name: str, spiffe_id: str, *, dns: Iterable[str] = (), ips: Iterable[str] = (), server: bool = False) -> None:
-        cert_path, key_path = path / f"{name}.crt", path / f"{name}.key"
-        if cert_path.exists() and key_path.exists():
-            return
-        if key_path.exists():
-            key = _read_key(key_path)
-        else:
-            key = generate_key()
-            _write(key_path, _key_pem(key), 0o600)
-        cert = sign(
-            ca_cert, ca_key, key.public_key(), spiffe_id=spiffe_id, ttl=LEAF_TTL, dns=dns, ips=ips,
-            server=server, client=not server,
-        )
-        _write(cert_path, _cert_pem(cert), 0o644)
-
+    td = f"spiffe://{trust_domain}"
     dns = [host for host in hosts if not _is_ip(host)]
     ips = [host for host in hosts if _is_ip(host)]
-    td = f"spiffe://{trust_domain}"
-    leaf("server", f"{td}/server", dns=dns, ips=ips, server=True)
-    leaf("admin", f"{td}/user/admin")
+    _ensure_leaf(
+        path / "server",
+        lambda public_key: sign(
+            ca_cert, ca_key, public_key, spiffe_id=f"{td}/server", ttl=LEAF_TTL, dns=dns, ips=ips, server=True,
+            client=False,
+        ),
+    )
+    _ensure_leaf(
+        path / "admin",
+        lambda public_key: sign(ca_cert, ca_key, public_key, spiffe_id=f"{td}/user/admin", ttl=LEAF_TTL),
+    )
 
 
 def issue(
@@ -198,6 +192,19 @@ def issue(
     _write(key_path, _key_pem(key), 0o600)
     _write(cert_path, _cert_pem(cert), 0o644)
     return cert_path, key_path
+
+
+def _ensure_leaf(stem: Path, make: Callable[[ec.EllipticCurvePublicKey], x509.Certificate]) -> None:
+    """Writes `stem.crt` and `stem.key` unless both exist; an existing key gets a new certificate."""
+    cert_path, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
+    if cert_path.exists() and key_path.exists():
+        return
+    if key_path.exists():
+        key = _read_key(key_path)
+    else:
+        key = generate_key()
+        _write(key_path, _key_pem(key), 0o600)
+    _write(cert_path, _cert_pem(make(key.public_key())), 0o644)
 
 
 def _self_signed_ca(key: PrivateKey, trust_domain: str) -> x509.Certificate:
@@ -237,7 +244,9 @@ def _subject(spiffe_id: str) -> x509.Name:
     )
 
 
-def _key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False) -> x509.KeyUsage:
+def _key_usage(
+    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
+) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=False,
