@@ -434,6 +434,7 @@ async def test_async_errors_arrive_typed(fake, aclient):
     with pytest.raises(satchel.ConflictError) as caught:
         await aclient.update_secret("db", immutable=True, etag="old")
     assert caught.value.reason == "ETAG_MISMATCH"
+    assert caught.value.request_id == "req-42"
 
 
 def test_bearer_token_is_sent_as_metadata(fake, config):

@@ -189,7 +189,7 @@ def _update_service_account(
         mask = _mask(paths, "update_service_account")
     else:
         _only_proto(name, "update_service_account", "service_account")
-        service_account, mask = _with_etag(service_account, etag), field_mask_pb2.FieldMask(paths=update_mask or ())
+        service_account, mask = _with_etag(service_account, etag), _given_mask(update_mask)
     request = service_account_pb2.UpdateServiceAccountRequest(service_account=service_account, update_mask=mask)
     return _Unary(_SERVICE_ACCOUNTS, "UpdateServiceAccount", request, attrgetter("service_account"))
 
@@ -323,7 +323,7 @@ def _update_secret(
         mask = _mask(paths, "update_secret")
     else:
         _only_proto(name, "update_secret", "secret")
-        secret, mask = _with_etag(secret, etag), field_mask_pb2.FieldMask(paths=update_mask or ())
+        secret, mask = _with_etag(secret, etag), _given_mask(update_mask)
     request = secret_pb2.UpdateSecretRequest(secret=secret, update_mask=mask)
     return _Unary(_SECRETS, "UpdateSecret", request, attrgetter("secret"))
 
@@ -388,7 +388,7 @@ def _create_workload(
             metadata=_meta(namespace, _name(name, "create_workload"), labels, annotations),
             node_name=node_name,
             service_account=service_account,
-            secrets=list(secrets or ()),
+            secrets=_strings(secrets or (), "secrets"),
         )
     else:
         _only_proto(name, "create_workload", "workload")
@@ -441,12 +441,12 @@ def _update_workload(
             workload.service_account = service_account
             paths.append("service_account")
         if secrets is not None:
-            workload.secrets.extend(secrets)
+            workload.secrets.extend(_strings(secrets, "secrets"))
             paths.append("secrets")
         mask = _mask(paths, "update_workload")
     else:
         _only_proto(name, "update_workload", "workload")
-        workload, mask = _with_etag(workload, etag), field_mask_pb2.FieldMask(paths=update_mask or ())
+        workload, mask = _with_etag(workload, etag), _given_mask(update_mask)
     request = workload_pb2.UpdateWorkloadRequest(workload=workload, update_mask=mask)
     return _Unary(_WORKLOADS, "UpdateWorkload", request, attrgetter("workload"))
 
@@ -481,7 +481,7 @@ def _review_token(token: str, *, audiences: Iterable[str] = ()) -> _Unary[token_
     Returns the response: `authenticated`, `username`, `uid`, `groups`, `audiences`,
     `expire_time`, and `reason` when it is not valid.
     """
-    request = token_pb2.ReviewTokenRequest(token=token, audiences=list(audiences))
+    request = token_pb2.ReviewTokenRequest(token=token, audiences=_strings(audiences, "audiences"))
     return _Unary(_TOKENS, "ReviewToken", request, _itself)
 
 
@@ -542,12 +542,22 @@ def _with_etag(obj: Any, etag: str) -> Any:
     return copy
 
 
+def _given_mask(update_mask: Iterable[str] | None) -> field_mask_pb2.FieldMask:
+    if isinstance(update_mask, str):  # the FieldMask JSON form, "a,b"
+        update_mask = update_mask.split(",")
+    return field_mask_pb2.FieldMask(paths=list(update_mask or ()))
+
+
+def _strings(values: Iterable[Any], what: str) -> list[Any]:
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be a list of strings, not a string")
+    return list(values)
+
+
 def _secret_refs(names: Iterable[str | service_account_pb2.SecretReference]) -> list[Any]:
-    if isinstance(names, str):
-        raise TypeError("secrets must be a list of names, not a string")
     return [
         n if isinstance(n, service_account_pb2.SecretReference) else service_account_pb2.SecretReference(name=n)
-        for n in names
+        for n in _strings(names, "secrets")
     ]
 
 
