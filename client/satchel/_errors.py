@@ -24,7 +24,7 @@ Every error carries the server's `google.rpc.ErrorInfo` (domain `satchel.dev`) a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
