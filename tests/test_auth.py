@@ -1,0 +1,218 @@
+"""Who may call: mTLS is required, the principal comes from a SPIFFE ID of the
+trust domain, non-admins are denied before anything is looked up, and every
+request leaves one audit record that holds no secret value."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+
+from failures import failure
+from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
+from satchel.v1 import secret_pb2
+
+Code = grpc.StatusCode
+CALL_TIMEOUT = 10  # seconds; a refused handshake must fail, not hang
+
+
+async def _transport_failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    try:
+        await call
+    except grpc.aio.AioRpcError as e:
+        return e
+    raise AssertionError("the call succeeded")
+
+
+@pytest.mark.parametrize("who", ["nobody", "foreign"])
+async def test_handshake_refused_without_a_certificate_of_our_ca(connect, pki, server, who: str) -> None:
+    identity = None if who == "nobody" else pki.foreign
+    stubs = connect(identity)
+
+    for call in (
+        stubs.secrets.GetSecret(secret_pb2.GetSecretRequest(name="x"), timeout=CALL_TIMEOUT),
+        stubs.accounts.ListServiceAccounts(SERVICE_ACCOUNTS.module.ListServiceAccountsRequest(), timeout=CALL_TIMEOUT),
+    ):
+        e = await _transport_failure(call)
+        assert e.code() == Code.UNAVAILABLE, f"{e.code().name}: {e.details()}"
+
+    # Nothing reached a handler, so nothing was audited; the server still serves others.
+    assert server.config.audit_log.read_text() == ""
+    await connect(pki.admin).secrets.ListSecrets(secret_pb2.ListSecretsRequest(), timeout=CALL_TIMEOUT)
+
+
+@pytest.mark.parametrize("who", ["no_spiffe", "other_domain"])
+async def test_certificate_without_our_spiffe_id_is_unauthenticated(connect, pki, admin, who: str) -> None:
+    stubs = connect(getattr(pki, who))
+    await SECRETS.api(admin).create(SECRETS.make("there"))
+
+    for kind in ALL:
+        api = kind.api(stubs)
+        for call in (api.get("there"), api.list(), api.create(kind.make("new")), api.delete("there")):
+            f = await failure(call, Code.UNAUTHENTICATED)
+            assert f.info.reason == "NO_SPIFFE_ID"
+            assert "SPIFFE ID" in f.message and "'satchel.local'" in f.message
+    assert (await SECRETS.api(admin).get("there")).metadata.name == "there"
+
+
+def _every_crud_rpc(stubs, name: str) -> list[tuple[str, Awaitable[object]]]:
+    """One call of each of the fifteen CRUD RPCs, aimed at `default/<name>`."""
+    calls = []
+    for kind in ALL:
+        api = kind.api(stubs)
+        obj = kind.make(name, labels={"x": "y"})
+        calls += [
+            (f"Create{kind.singular}", api.create(obj)),
+            (f"Get{kind.singular}", api.get(name)),
+            (f"List{kind.plural}", api.list()),
+            (f"List{kind.plural} in a namespace", api.list(namespace="default")),
+            (f"Update{kind.singular}", api.update(obj, ["metadata.labels"])),
+            (f"Delete{kind.singular}", api.delete(name)),
+        ]
+    return calls
+
+
+@pytest.mark.parametrize("who", ["alice", "node", "node-named-admin"])
+@pytest.mark.parametrize("target", ["existing", "missing"])
+async def test_non_admins_are_denied_every_crud_rpc(connect, pki, admin, who: str, target: str) -> None:
+    # Objects bound to another node (n2), so that no node rule ever lets n1 see them.
+    await SECRETS.api(admin).create(SECRETS.make("existing"))
+    await SERVICE_ACCOUNTS.api(admin).create(SERVICE_ACCOUNTS.make("existing"))
+    await WORKLOADS.api(admin).create(WORKLOADS.make("existing", node_name="n2", service_account="existing", secrets=["existing"]))
+    before = [await kind.api(admin).list() for kind in ALL]
+    identity = pki.identity("node", "admin") if who == "node-named-admin" else getattr(pki, who)
+    stubs = connect(identity)
+
+    for what, call in _every_crud_rpc(stubs, target):
+        try:
+            f = await failure(call, Code.PERMISSION_DENIED)
+        except AssertionError as e:
+            raise AssertionError(f"{what}: {e}") from None
+        assert f.info.reason == "PERMISSION_DENIED"
+        assert "not found" not in f.message and "exists" not in f.message
+
+    assert [await kind.api(admin).list() for kind in ALL] == before, "a denied request changed what is stored"
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def _with_id(request_id: str, make_call: Callable[[tuple], Awaitable[object]]) -> None:
+    try:
+        await make_call((("x-request-id", request_id),))
+    except grpc.aio.AioRpcError:
+        pass
+
+
+async def test_audit_one_record_per_request(connect, pki, admin, server) -> None:
+    alice = connect(pki.alice)
+    value = b"s3cr3t-audit-" + secrets.token_hex(16).encode()
+    secret = SECRETS.make("audited", data={"token": value})
+    bad = SECRETS.make("Bad")
+
+    steps = [
+        ("r-create", lambda md: SECRETS.api(admin).create(secret, metadata=md)),
+        ("r-get", lambda md: SECRETS.api(admin).get("audited", metadata=md)),
+        ("r-list", lambda md: SECRETS.api(admin).list(namespace="", call={"metadata": md})),
+        ("r-missing", lambda md: SECRETS.api(admin).get("absent", "ops", metadata=md)),
+        ("r-invalid", lambda md: SECRETS.api(admin).create(bad, metadata=md)),
+        ("r-update", lambda md: SECRETS.api(admin).update(SECRETS.make("audited", data={"token": value + b"2"}), ["data"], metadata=md)),
+        ("r-denied", lambda md: SECRETS.api(alice).get("audited", metadata=md)),
+        ("r-delete", lambda md: SECRETS.api(admin).delete("audited", metadata=md)),
+    ]
+    for request_id, make_call in steps:
+        await _with_id(request_id, make_call)
+
+    records = _records(server.config.audit_log)
+    assert [r["request_id"] for r in records] == [rid for rid, _ in steps], "one record per request, in order"
+    by_id = {r["request_id"]: r for r in records}
+    secret_rpc = "/satchel.v1.SecretService/"
+    expected = {
+        "r-create": ("user:admin", secret_rpc + "CreateSecret", "secrets/default/audited", "allow", "OK"),
+        "r-get": ("user:admin", secret_rpc + "GetSecret", "secrets/default/audited", "allow", "OK"),
+        "r-list": ("user:admin", secret_rpc + "ListSecrets", "secrets/*", "allow", "OK"),
+        "r-missing": ("user:admin", secret_rpc + "GetSecret", "secrets/ops/absent", "allow", "NOT_FOUND"),
+        "r-invalid": ("user:admin", secret_rpc + "CreateSecret", "secrets/default/Bad", "allow", "INVALID_ARGUMENT"),
+        "r-update": ("user:admin", secret_rpc + "UpdateSecret", "secrets/default/audited", "allow", "OK"),
+        "r-denied": ("user:alice", secret_rpc + "GetSecret", "secrets/default/audited", "deny", "PERMISSION_DENIED"),
+        "r-delete": ("user:admin", secret_rpc + "DeleteSecret", "secrets/default/audited", "allow", "OK"),
+    }
+    for request_id, (principal, method, resource, decision, code) in expected.items():
+        r = by_id[request_id]
+        assert (r["principal"], r["method"], r["resource"], r["decision"], r["code"]) == (
+            principal,
+            method,
+            resource,
+            decision,
+            code,
+        ), request_id
+        assert datetime.datetime.fromisoformat(r["time"]).tzinfo is not None
+    assert "alice" in by_id["r-denied"]["reason"]
+
+    raw = server.config.audit_log.read_bytes()
+    for needle in (value, value + b"2", base64.b64encode(value), value.hex().encode(), b"s3cr3t-audit"):
+        assert needle not in raw, "a secret value (or an encoding of it) is in the audit log"
+
+
+@pytest.mark.parametrize("who", ["no_spiffe", "other_domain"])
+async def test_audit_records_unauthenticated_requests(connect, pki, server, who: str) -> None:
+    stranger = connect(getattr(pki, who))
+
+    f = await failure(
+        WORKLOADS.api(stranger).get("w", metadata=(("x-request-id", "r-stranger"),)), Code.UNAUTHENTICATED
+    )
+
+    (record,) = _records(server.config.audit_log)
+    assert (record["request_id"], record["principal"], record["method"], record["code"]) == (
+        "r-stranger",
+        "",
+        "/satchel.v1.WorkloadService/GetWorkload",
+        "UNAUTHENTICATED",
+    )
+    assert record["reason"] == f.message
+
+
+async def test_request_ids_are_made_when_missing(admin, server) -> None:
+    request = secret_pb2.ListSecretsRequest()
+    await admin.secrets.ListSecrets(request)
+    await admin.secrets.ListSecrets(request)
+    await admin.secrets.ListSecrets(request, metadata=(("x-request-id", "ci-run-7.step:3"),))
+    await admin.secrets.ListSecrets(request, metadata=(("x-request-id", "a b"),))  # unusable: replaced
+
+    made_1, made_2, given, replaced = (r["request_id"] for r in _records(server.config.audit_log))
+    assert given == "ci-run-7.step:3"
+    assert len({made_1, made_2, replaced}) == 3
+    for rid in (made_1, made_2, replaced):
+        assert re.fullmatch(r"[-_.:A-Za-z0-9]{8,128}", rid), rid
+
+
+async def test_request_id_is_returned_in_trailers(admin, server) -> None:
+    request = secret_pb2.ListSecretsRequest()
+    made = admin.secrets.ListSecrets(request)
+    await made
+    assert dict(await made.trailing_metadata()).get("x-request-id") == _records(server.config.audit_log)[-1]["request_id"]
+
+    given = admin.secrets.ListSecrets(request, metadata=(("x-request-id", "ci-run-7.step:3"),))
+    await given
+    assert dict(await given.trailing_metadata()).get("x-request-id") == "ci-run-7.step:3"
+
+
+@pytest.mark.parametrize("kind", ALL, ids=lambda k: k.name)
+async def test_request_id_is_returned_on_errors_too(admin, server, kind: Kind) -> None:
+    """A caller reporting a failure can quote the id that finds its audit record."""
+    f = await failure(kind.api(admin).get("absent"), Code.NOT_FOUND)
+    audited = _records(server.config.audit_log)[-1]["request_id"]
+    assert f.trailers.get("x-request-id") == audited
+
+    f = await failure(kind.api(admin).get("absent", metadata=(("x-request-id", "given-1"),)), Code.NOT_FOUND)
+    assert f.trailers.get("x-request-id") == "given-1"
