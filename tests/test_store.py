@@ -1,0 +1,238 @@
+"""What the store keeps on disk: secret data only sealed (AES-256-GCM, bound to
+uid and version), everything surviving a restart on the same files, and
+numbered migrations recorded in the database."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from conftest import Pki, Stubs, db_bytes, make_config, migrations_applied, secure_channel
+from failures import failure
+from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, hashed
+from satchel.v1 import secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
+from satcheld._keyring import KeyFileError, KeyRing
+from satcheld._server import Server
+from satcheld._store import MIGRATIONS
+
+Code = grpc.StatusCode
+
+
+def _hidden_forms(value: bytes) -> list[bytes]:
+    """The value and the encodings it could be stored in by mistake."""
+    return [value, base64.b64encode(value), base64.urlsafe_b64encode(value), value.hex().encode()]
+
+
+@asynccontextmanager
+async def running(pki: Pki, data: Path) -> AsyncIterator[Stubs]:
+    """A server of its own on the files in `data`, and admin stubs for it."""
+    srv = Server(make_config(pki, data))
+    await srv.start()
+    channel = secure_channel(srv.address, pki, pki.admin)
+    try:
+        yield Stubs(
+            channel,
+            service_account_pb2_grpc.ServiceAccountServiceStub(channel),
+            secret_pb2_grpc.SecretServiceStub(channel),
+            workload_pb2_grpc.WorkloadServiceStub(channel),
+            token_pb2_grpc.TokenServiceStub(channel),
+        )
+    finally:
+        await channel.close()
+        await srv.stop()
+
+
+async def test_secret_data_is_encrypted_at_rest(admin, server) -> None:
+    first = b"s3cr3t-plain-" + secrets.token_hex(24).encode()
+    second = b"s3cr3t-again-" + secrets.token_hex(24).encode()
+    findable = "findable-" + secrets.token_hex(8)  # a label: stored in the clear, proves we search the right bytes
+    api = SECRETS.api(admin)
+    await api.create(SECRETS.make("at-rest", labels={"probe": findable}, data={"value": first, "long": first * 50}))
+    await api.update(SECRETS.make("at-rest", data={"value": second}), ["data"])
+    assert dict((await api.get("at-rest")).data) == hashed({"value": second})
+
+    stored = db_bytes(server.config.db)
+    audit = server.config.audit_log.read_bytes()
+    assert findable.encode() in stored
+    for value in (first, second):
+        for form in _hidden_forms(value):
+            assert form not in stored, "secret data is readable in the database file"
+            assert form not in audit, "secret data is in the audit log"
+
+
+async def test_everything_survives_a_restart_on_the_same_files(pki, tmp_path) -> None:
+    data = tmp_path / "data"
+    value = b"s3cr3t-durable-" + secrets.token_hex(8).encode()
+    async with running(pki, data) as stubs:
+        await SERVICE_ACCOUNTS.api(stubs).create(SERVICE_ACCOUNTS.make("keeper", namespace="prod", labels={"a": "b"}))
+        await SECRETS.api(stubs).create(SECRETS.make("creds", namespace="prod", data={"v": value}))
+        await WORKLOADS.api(stubs).create(WORKLOADS.make("job", namespace="prod", service_account="keeper", secrets=["creds"]))
+        for i in range(5):
+            await SECRETS.api(stubs).create(SECRETS.make(f"page-{i}", namespace="paged"))
+        deleted = await SECRETS.api(stubs).create(SECRETS.make("gone", namespace="prod"))
+        await SECRETS.api(stubs).delete("gone", "prod")
+        before = [await kind.api(stubs).list() for kind in ALL]
+        token = (await SECRETS.api(stubs).list(namespace="paged", page_size=2)).next_page_token
+
+    async with running(pki, data) as stubs:
+        after = [await kind.api(stubs).list() for kind in ALL]
+        assert after == before
+        assert dict((await SECRETS.api(stubs).get("creds", "prod")).data) == hashed({"v": value})
+        # Page tokens outlive the process: their key comes from the key file.
+        rest, _ = await SECRETS.api(stubs).list_all(namespace="paged", page_size=2, page_token=token)
+        assert [s.metadata.name for s in rest] == ["page-2", "page-3", "page-4"]
+        # Revisions carry on; uids are never reused.
+        again = await SECRETS.api(stubs).create(SECRETS.make("gone", namespace="prod"))
+        assert again.metadata.resource_version == before[0].revision + 1
+        assert again.metadata.uid != deleted.metadata.uid
+
+
+async def test_migrations_are_recorded_once(pki, tmp_path) -> None:
+    data = tmp_path / "data"
+    numbers = [number for number, *_ in MIGRATIONS]
+    assert numbers == list(range(1, len(numbers) + 1)), "migrations are numbered 1, 2, 3, ..."
+
+    async with running(pki, data):
+        pass
+    db = data / "satchel.db"
+    assert migrations_applied(db) == numbers
+    with sqlite3.connect(db) as conn:
+        first = conn.execute("SELECT id, name, applied_at FROM migrations ORDER BY id").fetchall()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    async with running(pki, data):
+        pass
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id, name, applied_at FROM migrations ORDER BY id").fetchall() == first
+
+
+async def test_a_sealed_blob_does_not_open_on_another_row_or_version(pki, tmp_path) -> None:
+    data = tmp_path / "data"
+    async with running(pki, data) as stubs:
+        api = SECRETS.api(stubs)
+        await api.create(SECRETS.make("alpha", data={"k": b"s3cr3t-alpha"}))
+        await api.create(SECRETS.make("beta", data={"k": b"s3cr3t-beta"}))
+        await api.create(SECRETS.make("gamma", data={"k": b"s3cr3t-gamma-v1"}))
+        await api.update(SECRETS.make("gamma", data={"k": b"s3cr3t-gamma-v2"}), ["data"])
+
+    db = data / "satchel.db"
+    with sqlite3.connect(db) as conn:
+
+        def sealed(name: str) -> bytes:
+            return conn.execute("SELECT sealed FROM objects WHERE kind='secrets' AND name=?", (name,)).fetchone()[0]
+
+        gamma_v1 = next(
+            row[0]
+            for row in conn.execute("SELECT sealed FROM events WHERE kind='secrets' ORDER BY revision")
+            if row[0] not in (sealed("alpha"), sealed("beta"), sealed("gamma"))
+        )
+        conn.execute("UPDATE objects SET sealed=? WHERE kind='secrets' AND name='beta'", (sealed("alpha"),))
+        conn.execute("UPDATE objects SET sealed=? WHERE kind='secrets' AND name='gamma'", (gamma_v1,))
+
+    async with running(pki, data) as stubs:
+        api = SECRETS.api(stubs)
+        assert dict((await api.get("alpha")).data) == hashed({"k": b"s3cr3t-alpha"})
+        for name in ("beta", "gamma"):  # alpha's blob on beta's row; gamma's version 1 blob on version 2
+            try:
+                got = await api.get(name)
+            except grpc.aio.AioRpcError as e:
+                assert e.code() in (Code.DATA_LOSS, Code.INTERNAL), e.code()
+                assert "s3cr3t" not in (e.details() or "")
+            else:
+                raise AssertionError(f"{name}: a moved sealed blob opened (data {dict(got.data)})")
+
+
+# -- the key ring itself --------------------------------------------------------------------
+
+
+@pytest.fixture
+def ring(tmp_path) -> KeyRing:
+    KeyRing.create_file(tmp_path / "k")
+    return KeyRing.load(tmp_path / "k")
+
+
+def test_keyring_round_trip_binds_uid_and_version(ring) -> None:
+    blob = ring.seal(b"s3cr3t-payload", uid="u-1", version=3)
+    assert b"s3cr3t-payload" not in blob
+    assert ring.open(blob, uid="u-1", version=3) == b"s3cr3t-payload"
+    assert ring.seal(b"s3cr3t-payload", uid="u-1", version=3) != blob, "every seal takes a fresh nonce"
+    for uid, version in (("u-2", 3), ("u-1", 2), ("u-1", 4), ("", 3)):
+        with pytest.raises(InvalidTag):
+            ring.open(blob, uid=uid, version=version)
+
+
+def test_keyring_detects_tampering_and_other_keys(ring, tmp_path) -> None:
+    blob = bytearray(ring.seal(b"s3cr3t-payload", uid="u", version=1))
+    for at in (len(blob) - 1, len(blob) - 20):
+        tampered = bytearray(blob)
+        tampered[at] ^= 0x01
+        with pytest.raises(InvalidTag):
+            ring.open(bytes(tampered), uid="u", version=1)
+    KeyRing.create_file(tmp_path / "other")
+    with pytest.raises(InvalidTag):  # same key id, another key
+        KeyRing.load(tmp_path / "other").open(bytes(blob), uid="u", version=1)
+
+
+def test_keyring_rotation_opens_old_blobs_and_seals_with_the_new_key(tmp_path) -> None:
+    path = tmp_path / "k"
+    KeyRing.create_file(path)
+    old = KeyRing.load(path)
+    blob = old.seal(b"s3cr3t-old", uid="u", version=1)
+    old_line = [line for line in path.read_text().splitlines() if line.startswith("k1:")][0]
+    new_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    path.write_text(f"k2:{new_key}\n{old_line}\n")
+
+    rotated = KeyRing.load(path)
+    assert rotated.open(blob, uid="u", version=1) == b"s3cr3t-old"
+    fresh = rotated.seal(b"s3cr3t-new", uid="u", version=2)
+    with pytest.raises(KeyError):  # the old ring does not know k2
+        old.open(fresh, uid="u", version=2)
+
+
+def test_keyring_file_is_private_and_never_overwritten(tmp_path) -> None:
+    path = tmp_path / "k"
+    KeyRing.create_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    content = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        KeyRing.create_file(path)
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "# only a comment\n", "k1\n", "k1:not-base64!\n", "k1:" + base64.b64encode(b"short").decode() + "\n", ":" + base64.b64encode(bytes(32)).decode()],
+)
+def test_keyring_rejects_malformed_files(tmp_path, text: str) -> None:
+    (tmp_path / "k").write_text(text)
+    with pytest.raises(KeyFileError):
+        KeyRing.load(tmp_path / "k")
+    with pytest.raises(KeyFileError):
+        KeyRing.load(tmp_path / "missing")
+
+
+async def test_secret_reads_fail_without_the_right_key(pki, tmp_path) -> None:
+    """A database taken without its key file reveals no data."""
+    data = tmp_path / "data"
+    async with running(pki, data) as stubs:
+        await SECRETS.api(stubs).create(SECRETS.make("locked", data={"k": b"s3cr3t-locked"}))
+    (data / "encryption.key").unlink()
+    KeyRing.create_file(data / "encryption.key")
+
+    async with running(pki, data) as stubs:
+        try:
+            got = await SECRETS.api(stubs).get("locked")
+        except grpc.aio.AioRpcError as e:
+            assert e.code() in (Code.DATA_LOSS, Code.INTERNAL), e.code()
+        else:
+            raise AssertionError(f"read with another key returned data {dict(got.data)}")
+        await failure(SECRETS.api(stubs).get("absent"), Code.NOT_FOUND)
