@@ -1,6 +1,7 @@
 """What happens around every Satchel RPC, in order:
 
-1. a request id (the caller's `x-request-id`, or a new one), sent back in trailers;
+1. a request id (the caller's `x-request-id`, or a new one), sent back in the
+   trailers of a failed call so that an error can be matched to its audit record;
 2. authentication: the principal from the client certificate's SPIFFE ID;
 3. the handler, which asks the authorizer and notes its decision;
 4. the one error map: domain errors become statuses, anything else a bare INTERNAL;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import json
 import logging
 import os
@@ -30,11 +32,16 @@ import grpc
 from grpc import aio
 
 from ._errors import SatchelError, Unauthenticated, internal_status
-from ._identity import Principal, principal_from_certificate
+from ._identity import Principal, principal_from_identities
 
 log = logging.getLogger("satcheld")
 
 _REQUEST_ID = re.compile(r"[-_.:A-Za-z0-9]{1,128}")
+_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
+_BOOT = uuid.uuid4().hex[:12]  # request ids are unique across restarts: boot prefix + counter
+_COUNTER = itertools.count(1)
 
 
 @dataclass(slots=True)
@@ -63,17 +70,27 @@ def principal() -> Principal:
 
 
 class AuditLog:
-    """JSON lines, one per request, appended with one write each so that a
-    crash loses nothing already answered. Never given request bodies, so
+    """JSON lines, one per request. Records made in one turn of the event loop
+    are appended with a single write at the end of that turn, before the
+    responses they describe reach the network. Never given request bodies, so
     never secret values."""
 
     def __init__(self, path: os.PathLike[str] | str | None) -> None:
         self._fd = None if path is None else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int(now * 1000) % 1000:03d}Z"
 
     def write(self, request: Request, code: grpc.StatusCode) -> None:
-        now = time.time()
         record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+            "time": self._time(),
             "request_id": request.request_id,
             "principal": str(request.principal) if request.principal else "",
             "method": request.method,
@@ -82,13 +99,22 @@ class AuditLog:
             "reason": request.reason,
             "code": code.name,
         }
-        line = json.dumps(record, separators=(",", ":"))
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(_JSON.encode(record))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
         if self._fd is not None:
-            os.write(self._fd, (line + "\n").encode())
+            os.write(self._fd, ("\n".join(lines) + "\n").encode())
         else:
-            logging.getLogger("satcheld.audit").info("%s", line)
+            for line in lines:
+                logging.getLogger("satcheld.audit").info("%s", line)
 
     def close(self) -> None:
+        self.flush()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -103,14 +129,13 @@ class Guard:
 
     def _begin(self, method: str, context: aio.ServicerContext) -> Request:
         given = _metadata_value(context.invocation_metadata(), "x-request-id")
-        rid = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = given if given and _REQUEST_ID.fullmatch(given) else f"{_BOOT}-{next(_COUNTER)}"
         req = Request(rid, method)
         _current.set(req)
-        context.set_trailing_metadata((("x-request-id", rid),))
-        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), None)
-        if pem is None:
+        identities = context.peer_identities()
+        if not identities:
             raise Unauthenticated("no client certificate was presented", reason="NO_CLIENT_CERTIFICATE")
-        req.principal = principal_from_certificate(pem, self._trust_domain)
+        req.principal = principal_from_identities(tuple(identities), self._trust_domain)
         return req
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -192,6 +217,8 @@ def _code_of(error: BaseException) -> grpc.StatusCode:
 async def _abort(error: BaseException, context: aio.ServicerContext, req: Request) -> None:
     """Ends the RPC with the status for `error`; re-raises what must propagate
     (cancellation is never swallowed: see grpc issue 43360)."""
+    if req.request_id:
+        context.set_trailing_metadata((("x-request-id", req.request_id),))
     if isinstance(error, SatchelError):
         if not req.reason and error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             req.reason = error.message

@@ -91,9 +91,10 @@ class Resources:
     def get(self, kind: str, namespace: str, name: str) -> Message:
         namespace = _resources.namespace_or_default(namespace)
         self.authorize("get", kind, namespace, name)
-        _resources.check_key(kind, namespace, name)
         obj = self.store.get(kind, namespace, name)
         if obj is None:
+            # Only names that were never valid need checking: stored ones were.
+            _resources.check_key(kind, namespace, name)
             raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
         return self._readable(obj)
 

@@ -33,6 +33,7 @@ from ._keyring import KeyRing
 T = TypeVar("T")
 
 _BATCH = 256
+_GROUP_COMMIT_WINDOW = 0.001  # seconds
 _STOP = object()
 
 
@@ -142,8 +143,8 @@ class _Codec:
     def decode(self, kind: str, body: bytes, sealed: bytes | None, with_data: bool = True) -> Message:
         obj = _kinds.MESSAGES[kind].FromString(body)
         if sealed is not None and with_data:
-            payload = self.keyring.open(sealed, uid=obj.metadata.uid, version=obj.version)
-            obj.MergeFrom(secret_pb2.Secret(data=secret_pb2.Secret.FromString(payload).data))
+            # The payload is a Secret holding only `data`: merging it sets the data.
+            obj.MergeFromString(self.keyring.open(sealed, uid=obj.metadata.uid, version=obj.version))
         return obj
 
 
@@ -293,14 +294,18 @@ class Store:
         return self._revision
 
     def _run(self) -> None:
+        busy = False  # whether writes arrived while the last batch committed
         while True:
             job = self._queue.get()
             if job is _STOP:
                 return
             batch = [job]
+            # Group commit: under load, wait a moment for more writes so that
+            # one fsync makes many durable; when idle, commit at once.
+            deadline = time.monotonic() + _GROUP_COMMIT_WINDOW if busy else 0.0
             while len(batch) < _BATCH:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) if busy else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is _STOP:
@@ -308,6 +313,7 @@ class Store:
                     break
                 batch.append(nxt)
             self._commit(batch)  # type: ignore[arg-type]
+            busy = not self._queue.empty()
 
     def _commit(self, batch: list[_Job]) -> None:
         conn = self._writer
