@@ -106,13 +106,12 @@ class FakeServer(grpc.GenericRpcHandler):
         )
 
     def hold_open(self, events, context):
-        """Streams `events`, then stays open until the client goes away."""
+        """Streams `events`, then stays open until the client goes away (which sets `cancelled`)."""
         gone = threading.Event()
         context.add_callback(gone.set)
+        context.add_callback(self.cancelled.set)
         yield from events
         gone.wait(WAIT)
-        if context.is_active() is False:
-            self.cancelled.set()
 
     def rpcs(self):
         return [r.rpc for r in self.received]
