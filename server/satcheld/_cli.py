@@ -13,9 +13,13 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from ._keyring import KeyRing
-from ._policy import Policy
-from ._server import ConfigError, Server, ServerConfig
+# grpc's core logs its own copy of errors that satcheld reports in one line;
+# GRPC_VERBOSITY=debug (or info) brings them back. Set before grpc loads.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from ._keyring import KeyRing  # noqa: E402
+from ._policy import Policy  # noqa: E402
+from ._server import ConfigError, Server, ServerConfig  # noqa: E402
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -135,15 +139,15 @@ def _how_to_connect(config: ServerConfig, address: str) -> str:
 
 
 async def _serve(config: ServerConfig, dev: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = Server(config)
     address = await server.start()
     print(f"listening on {address}", flush=True)
     if dev:
         print(_how_to_connect(config, address), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logging.getLogger("satcheld").info("shutting down")
     await server.stop()

@@ -1,7 +1,7 @@
 """What happens around every Satchel RPC, in order:
 
 1. a request id (the caller's `x-request-id`, or a new one), sent back in the
-   trailers of a failed call so that an error can be matched to its audit record;
+   trailers so that a call can be matched to its audit record;
 2. authentication: the principal from the client certificate's SPIFFE ID;
 3. the handler, which asks the authorizer and notes its decision;
 4. the one error map: domain errors become statuses, anything else a bare INTERNAL;
@@ -36,6 +36,7 @@ from ._identity import Principal, principal_from_identities
 
 log = logging.getLogger("satcheld")
 
+_REQUEST_ID_KEY = "x-request-id"
 _REQUEST_ID = re.compile(r"[-_.:A-Za-z0-9]{1,128}")
 _JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
 
@@ -70,14 +71,12 @@ def principal() -> Principal:
 
 
 class AuditLog:
-    """JSON lines, one per request. Records made in one turn of the event loop
-    are appended with a single write at the end of that turn, before the
-    responses they describe reach the network. Never given request bodies, so
-    never secret values."""
+    """JSON lines, one per request, each appended with one write before the
+    response leaves, so a crash loses no record of an answered request. Never
+    given request bodies, so never secret values."""
 
     def __init__(self, path: os.PathLike[str] | str | None) -> None:
         self._fd = None if path is None else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._pending: list[str] = []
         self._second = -1
         self._stamp = ""
 
@@ -99,22 +98,13 @@ class AuditLog:
             "reason": request.reason,
             "code": code.name,
         }
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._pending.append(_JSON.encode(record))
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        lines, self._pending = self._pending, []
+        line = _JSON.encode(record)
         if self._fd is not None:
-            os.write(self._fd, ("\n".join(lines) + "\n").encode())
+            os.write(self._fd, (line + "\n").encode())
         else:
-            for line in lines:
-                logging.getLogger("satcheld.audit").info("%s", line)
+            logging.getLogger("satcheld.audit").info("%s", line)
 
     def close(self) -> None:
-        self.flush()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -128,27 +118,30 @@ class Guard:
         self._trust_domain = trust_domain
 
     def _begin(self, method: str, context: aio.ServicerContext) -> Request:
-        given = _metadata_value(context.invocation_metadata(), "x-request-id")
+        given = _metadata_value(context.invocation_metadata(), _REQUEST_ID_KEY)
         rid = given if given and _REQUEST_ID.fullmatch(given) else f"{_BOOT}-{next(_COUNTER)}"
         req = Request(rid, method)
         _current.set(req)
+        context.set_trailing_metadata(((_REQUEST_ID_KEY, rid),))
+        return req
+
+    def _authenticate(self, req: Request, context: aio.ServicerContext) -> None:
         identities = context.peer_identities()
         if not identities:
             raise Unauthenticated("no client certificate was presented", reason="NO_CLIENT_CERTIFICATE")
         req.principal = principal_from_identities(tuple(identities), self._trust_domain)
-        return req
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         audit = self._audit
-        begin = self._begin
+        begin, authenticate = self._begin, self._authenticate
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary_unary(request: Any, context: aio.ServicerContext) -> Any:
-                req = Request("", method)
+                req = begin(method, context)
                 code = grpc.StatusCode.OK
                 try:
-                    req = begin(method, context)
+                    authenticate(req, context)
                     return await inner(request, context)
                 except BaseException as e:
                     code = _code_of(e)
@@ -162,10 +155,10 @@ class Guard:
             serialize = handler.response_serializer
 
             async def unary_stream(request: Any, context: aio.ServicerContext) -> Any:
-                req = Request("", method)
+                req = begin(method, context)
                 code = grpc.StatusCode.OK
                 try:
-                    req = begin(method, context)
+                    authenticate(req, context)
                     async for item in inner_stream(request, context):
                         yield item
                 except BaseException as e:
@@ -217,14 +210,17 @@ def _code_of(error: BaseException) -> grpc.StatusCode:
 async def _abort(error: BaseException, context: aio.ServicerContext, req: Request) -> None:
     """Ends the RPC with the status for `error`; re-raises what must propagate
     (cancellation is never swallowed: see grpc issue 43360)."""
-    if req.request_id:
-        context.set_trailing_metadata((("x-request-id", req.request_id),))
     if isinstance(error, SatchelError):
         if not req.reason and error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             req.reason = error.message
-        await context.abort_with_status(error.to_status())
+        await context.abort_with_status(_with_request_id(error.to_status(), req))
     if isinstance(error, (asyncio.CancelledError, GeneratorExit, aio.AbortError)):
         req.reason = req.reason or "cancelled"
         raise error
     log.error("internal error in %s (request %s)", req.method, req.request_id, exc_info=error)
-    await context.abort_with_status(internal_status())
+    await context.abort_with_status(_with_request_id(internal_status(), req))
+
+
+def _with_request_id(status: grpc.Status, req: Request) -> grpc.Status:
+    """abort_with_status replaces the trailers: carry the request id along."""
+    return status._replace(trailing_metadata=(*status.trailing_metadata, (_REQUEST_ID_KEY, req.request_id)))

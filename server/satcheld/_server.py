@@ -70,6 +70,9 @@ def _read(path: Path, what: str) -> bytes:
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
+        # grpc sets SO_REUSEPORT by default: a second server on a busy port
+        # would "listen" too and share its clients.
+        ("grpc.so_reuseport", 0),
         # Notice dead peers within a minute and free their streams.
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
