@@ -84,15 +84,16 @@ async def test_secret_create_get_data_and_shape(admin) -> None:
 
     assert created.type == secret_pb2.SECRET_TYPE_OPAQUE  # unspecified means opaque
     assert created.version == 1
-    assert dict(created.data) == hashed(data)
+    expected = hashed(data)  # hashes only: a failing assert prints no value
+    assert dict(created.data) == expected
     expected_keys = sorted((k, len(v)) for k, v in data.items())
     assert [(k.name, k.size) for k in created.data_keys] == expected_keys
     got = await api.get("db")
-    assert dict(got.data) == hashed(data)
+    assert dict(got.data) == expected
     assert [(k.name, k.size) for k in got.data_keys] == expected_keys
     listed = (await api.list()).secrets
     assert [(k.name, k.size) for k in listed[0].data_keys] == expected_keys
-    assert dict(listed[0].data) == hashed(data)
+    assert dict(listed[0].data) == expected
 
 
 # -- update --------------------------------------------------------------------
@@ -172,12 +173,14 @@ async def test_secret_version_changes_only_with_data(admin) -> None:
     changed = await api.update(SECRETS.make("api-key", data={"key": b"s3cr3t-v2", "extra": b"12345"}), ["data"])
     assert changed.version == 2
     assert [(k.name, k.size) for k in changed.data_keys] == [("extra", 5), ("key", 9)]
-    assert dict(changed.data) == hashed({"key": b"s3cr3t-v2", "extra": b"12345"})
+    expected = hashed({"key": b"s3cr3t-v2", "extra": b"12345"})
+    assert dict(changed.data) == expected
 
     unchanged = await api.update(SECRETS.make("api-key", data={"key": b"s3cr3t-v2", "extra": b"12345"}), ["data"])
     assert unchanged.version == 2
     assert unchanged.metadata.etag == changed.metadata.etag
-    assert dict((await api.get("api-key")).data) == hashed({"key": b"s3cr3t-v2", "extra": b"12345"})
+    expected = hashed({"key": b"s3cr3t-v2", "extra": b"12345"})
+    assert dict((await api.get("api-key")).data) == expected
 
 
 async def test_update_mask_star_replaces_everything_mutable(admin) -> None:
@@ -501,7 +504,8 @@ async def test_immutable_secret_refuses_data_change_and_becoming_mutable(admin) 
 
     got = await api.get("frozen")
     assert got == created
-    assert dict(got.data) == hashed({"k": b"s3cr3t-frozen"})
+    expected = hashed({"k": b"s3cr3t-frozen"})
+    assert dict(got.data) == expected
     # Its metadata may still change, and it may be deleted.
     relabeled = await api.update(SECRETS.make("frozen", labels={"a": "b"}), ["metadata.labels"])
     assert relabeled.immutable and relabeled.version == 1

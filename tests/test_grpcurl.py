@@ -103,13 +103,15 @@ async def test_create_then_get_a_secret_with_json(grpcurl, admin) -> None:
     assert code == 0, err
     got = json.loads(out)["secret"]
     sent_hash = hashlib.sha256(value).hexdigest()
-    assert hashlib.sha256(base64.b64decode(got["data"]["password"])).hexdigest() == sent_hash
+    received_hash = hashlib.sha256(base64.b64decode(got["data"]["password"])).hexdigest()
+    assert received_hash == sent_hash
     assert got["metadata"]["uid"] == created["metadata"]["uid"]
     assert got["type"] == "SECRET_TYPE_BASIC_AUTH"
 
     # The same object through the generated stubs.
     via_stub = await SECRETS.api(admin).get("curl-made", "tools")
-    assert dict(via_stub.data) == hashed({"password": value})
+    expected = hashed({"password": value})  # hashes only: a failing assert prints no value
+    assert dict(via_stub.data) == expected
     assert via_stub.metadata.resource_version == int(created["metadata"]["resource_version"])
 
 

@@ -58,15 +58,17 @@ async def test_secret_data_is_encrypted_at_rest(admin, server) -> None:
     api = SECRETS.api(admin)
     await api.create(SECRETS.make("at-rest", labels={"probe": findable}, data={"value": first, "long": first * 50}))
     await api.update(SECRETS.make("at-rest", data={"value": second}), ["data"])
-    assert dict((await api.get("at-rest")).data) == hashed({"value": second})
+    expected = hashed({"value": second})  # hashes only: a failing assert prints no value
+    assert dict((await api.get("at-rest")).data) == expected
 
     stored = db_bytes(server.config.db)
     audit = server.config.audit_log.read_bytes()
     assert findable.encode() in stored
     for value in (first, second):
         for form in _hidden_forms(value):
-            assert form not in stored, "secret data is readable in the database file"
-            assert form not in audit, "secret data is in the audit log"
+            in_db, in_audit = form in stored, form in audit  # booleans: a failing assert prints no value
+            assert not in_db, "secret data is readable in the database file"
+            assert not in_audit, "secret data is in the audit log"
 
 
 async def test_everything_survives_a_restart_on_the_same_files(pki, tmp_path) -> None:
@@ -86,7 +88,8 @@ async def test_everything_survives_a_restart_on_the_same_files(pki, tmp_path) ->
     async with running(pki, data) as stubs:
         after = [await kind.api(stubs).list() for kind in ALL]
         assert after == before
-        assert dict((await SECRETS.api(stubs).get("creds", "prod")).data) == hashed({"v": value})
+        expected = hashed({"v": value})
+        assert dict((await SECRETS.api(stubs).get("creds", "prod")).data) == expected
         # Page tokens outlive the process: their key comes from the key file.
         rest, _ = await SECRETS.api(stubs).list_all(namespace="paged", page_size=2, page_token=token)
         assert [s.metadata.name for s in rest] == ["page-2", "page-3", "page-4"]
@@ -140,7 +143,8 @@ async def test_a_sealed_blob_does_not_open_on_another_row_or_version(pki, tmp_pa
 
     async with running(pki, data) as stubs:
         api = SECRETS.api(stubs)
-        assert dict((await api.get("alpha")).data) == hashed({"k": b"s3cr3t-alpha"})
+        expected = hashed({"k": b"s3cr3t-alpha"})
+        assert dict((await api.get("alpha")).data) == expected
         for name in ("beta", "gamma"):  # alpha's blob on beta's row; gamma's version 1 blob on version 2
             try:
                 got = await api.get(name)
@@ -162,9 +166,10 @@ def ring(tmp_path) -> KeyRing:
 
 def test_keyring_round_trip_binds_uid_and_version(ring) -> None:
     blob = ring.seal(b"s3cr3t-payload", uid="u-1", version=3)
-    assert b"s3cr3t-payload" not in blob
-    assert ring.open(blob, uid="u-1", version=3) == b"s3cr3t-payload"
-    assert ring.seal(b"s3cr3t-payload", uid="u-1", version=3) != blob, "every seal takes a fresh nonce"
+    in_clear = b"s3cr3t-payload" in blob
+    opened = ring.open(blob, uid="u-1", version=3) == b"s3cr3t-payload"
+    fresh_nonce = ring.seal(b"s3cr3t-payload", uid="u-1", version=3) != blob
+    assert not in_clear and opened and fresh_nonce
     for uid, version in (("u-2", 3), ("u-1", 2), ("u-1", 4), ("", 3)):
         with pytest.raises(InvalidTag):
             ring.open(blob, uid=uid, version=version)
@@ -192,7 +197,8 @@ def test_keyring_rotation_opens_old_blobs_and_seals_with_the_new_key(tmp_path) -
     path.write_text(f"k2:{new_key}\n{old_line}\n")
 
     rotated = KeyRing.load(path)
-    assert rotated.open(blob, uid="u", version=1) == b"s3cr3t-old"
+    opened = rotated.open(blob, uid="u", version=1) == b"s3cr3t-old"
+    assert opened
     fresh = rotated.seal(b"s3cr3t-new", uid="u", version=2)
     with pytest.raises(KeyError):  # the old ring does not know k2
         old.open(fresh, uid="u", version=2)
