@@ -57,6 +57,8 @@ class ServerConfig:
     history_age: timedelta = timedelta(hours=1)
     history_events: int = 100_000
     bookmark_interval: timedelta = timedelta(seconds=10)
+    watch_buffer_events: int = 10_000  # per stream, before it is cut off
+    watch_buffer_bytes: int = 16 * 1024 * 1024
     shutdown_grace: float = 5.0
     extra_options: list[tuple[str, int]] = field(default_factory=list)
 
@@ -129,7 +131,12 @@ class Server:
         except Exception as e:
             raise ConfigError(f"cannot open database {c.db}: {e}") from None
 
-        self.hub = WatchHub(self._store, bookmark_interval=c.bookmark_interval.total_seconds())
+        self.hub = WatchHub(
+            self._store,
+            bookmark_interval=c.bookmark_interval.total_seconds(),
+            buffer_events=c.watch_buffer_events,
+            buffer_bytes=c.watch_buffer_bytes,
+        )
         resources = _handlers.Resources(
             self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
         )
