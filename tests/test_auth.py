@@ -48,8 +48,8 @@ async def test_handshake_refused_without_a_certificate_of_our_ca(connect, pki, s
         assert e.code() == Code.UNAVAILABLE, f"{e.code().name}: {e.details()}"
 
     # Nothing reached a handler, so nothing was audited; the server still serves others.
-    assert server.config.audit_log.read_text() == ""
     await connect(pki.admin).secrets.ListSecrets(secret_pb2.ListSecretsRequest(), timeout=CALL_TIMEOUT)
+    assert [r["principal"] for r in _records(server.config.audit_log)] == ["user:admin"]
 
 
 @pytest.mark.parametrize("who", ["no_spiffe", "other_domain"])
@@ -139,6 +139,8 @@ def _every_crud_rpc(stubs, name: str) -> list[tuple[str, Awaitable[object]]]:
 @pytest.mark.parametrize("target", ["existing", "missing"])
 async def test_non_admins_are_denied_every_crud_rpc(connect, pki, admin, who: str, target: str) -> None:
     # Objects bound to another node (n2), so that no node rule ever lets n1 see them.
+    # (Until the node authorizer lands, a node may not even list; then n1's
+    # ListWorkloads becomes an empty, allowed list and this test must say so.)
     await SECRETS.api(admin).create(SECRETS.make("existing"))
     await SERVICE_ACCOUNTS.api(admin).create(SERVICE_ACCOUNTS.make("existing"))
     await WORKLOADS.api(admin).create(WORKLOADS.make("existing", node_name="n2", service_account="existing", secrets=["existing"]))
@@ -161,7 +163,7 @@ async def test_non_admins_are_denied_every_crud_rpc(connect, pki, admin, who: st
 
 
 def _records(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 async def _with_id(request_id: str, make_call: Callable[[tuple], Awaitable[object]]) -> None:
