@@ -32,7 +32,7 @@ import grpc
 from grpc import aio
 
 from ._errors import SatchelError, Unauthenticated, internal_status
-from ._identity import Principal, principal_from_identities
+from ._identity import Principal, principal_from_uris
 
 log = logging.getLogger("satcheld")
 
@@ -126,10 +126,11 @@ class Guard:
         return req
 
     def _authenticate(self, req: Request, context: aio.ServicerContext) -> None:
-        identities = context.peer_identities()
-        if not identities:
+        auth = context.auth_context()
+        if not auth.get("x509_pem_cert"):
             raise Unauthenticated("no client certificate was presented", reason="NO_CLIENT_CERTIFICATE")
-        req.principal = principal_from_identities(tuple(identities), self._trust_domain)
+        # Only URI SANs name a SPIFFE ID; a CN or DNS name that looks like one does not.
+        req.principal = principal_from_uris(tuple(auth.get("peer_uri", ())), self._trust_domain)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         audit = self._audit

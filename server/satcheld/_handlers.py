@@ -4,6 +4,8 @@ CRUD flow shared by the three kinds lives in `Resources`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from google.protobuf.message import Message
 
 from satchel.v1 import (
@@ -149,8 +151,10 @@ class Resources:
 
         return self._readable(await self.store.write(write))
 
-    async def watch(self, kind: str, request: Message):  # noqa: ANN201
-        """The serialized events of one Watch call (see WatchHub.stream)."""
+    def watch(self, kind: str, request: Message) -> AsyncIterator[bytes]:
+        """The serialized events of one Watch call (see WatchHub.stream). A plain
+        function: permission is checked when the call starts, and each event
+        passes through as few generator frames as possible on its way out."""
         namespace = request.namespace
         self.authorize("watch", kind, namespace)
         if namespace:
@@ -162,10 +166,7 @@ class Resources:
             with_data=kind == SECRETS
             and self.authorizer.allowed(_guard.principal(), "read-data", SECRETS, namespace),
         )
-        async for payload in self.hub.stream(
-            view, since_revision=request.since_revision, send_initial=request.send_initial
-        ):
-            yield payload
+        return self.hub.stream(view, since_revision=request.since_revision, send_initial=request.send_initial)
 
     async def delete(self, kind: str, namespace: str, name: str, etag: str) -> None:
         namespace = _resources.namespace_or_default(namespace)
@@ -213,9 +214,8 @@ class ServiceAccountService(service_account_pb2_grpc.ServiceAccountServiceServic
         await self._r.delete(SERVICE_ACCOUNTS, request.namespace, request.name, request.etag)
         return service_account_pb2.DeleteServiceAccountResponse()
 
-    async def WatchServiceAccounts(self, request, context):
-        async for payload in self._r.watch(SERVICE_ACCOUNTS, request):
-            yield payload
+    def WatchServiceAccounts(self, request, context):
+        return self._r.watch(SERVICE_ACCOUNTS, request)
 
     async def IssueCertificate(self, request, context):
         raise _later("IssueCertificate")
@@ -246,9 +246,8 @@ class SecretService(secret_pb2_grpc.SecretServiceServicer):
     async def RotateSecret(self, request, context):
         raise _later("RotateSecret")
 
-    async def WatchSecrets(self, request, context):
-        async for payload in self._r.watch(SECRETS, request):
-            yield payload
+    def WatchSecrets(self, request, context):
+        return self._r.watch(SECRETS, request)
 
 
 class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
@@ -273,9 +272,8 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         await self._r.delete(WORKLOADS, request.namespace, request.name, request.etag)
         return workload_pb2.DeleteWorkloadResponse()
 
-    async def WatchWorkloads(self, request, context):
-        async for payload in self._r.watch(WORKLOADS, request):
-            yield payload
+    def WatchWorkloads(self, request, context):
+        return self._r.watch(WORKLOADS, request)
 
 
 class TokenService(token_pb2_grpc.TokenServiceServicer):

@@ -40,11 +40,10 @@ def parse_spiffe_id(uri: str, trust_domain: str) -> Principal | None:
 
 
 @lru_cache(maxsize=4096)
-def principal_from_identities(identities: tuple[bytes, ...], trust_domain: str) -> Principal:
-    """The principal named by the peer's subject alternative names, as grpc
-    reports them for a verified client certificate; cached per identity set."""
-    uris = [i.decode("utf-8", "replace") for i in identities if i.startswith(b"spiffe://")]
-    found = {p for p in (parse_spiffe_id(u, trust_domain) for u in uris) if p is not None}
+def principal_from_uris(uris: tuple[bytes, ...], trust_domain: str) -> Principal:
+    """The principal named by the URI SANs of a verified client certificate,
+    as grpc reports them; cached per set of URIs."""
+    found = {p for p in (parse_spiffe_id(u.decode("utf-8", "replace"), trust_domain) for u in uris) if p is not None}
     if len(found) != 1:
         raise Unauthenticated(
             f"the client certificate carries no SPIFFE ID of trust domain {trust_domain!r} "
