@@ -15,6 +15,7 @@ from satchel._config import ClientConfig
 from satchel._errors import (
     AlreadyExistsError,
     ConflictError,
+    DataLossError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
@@ -44,6 +45,7 @@ __all__ = [
     "ClientConfig",
     "ConflictError",
     "DataKey",
+    "DataLossError",
     "DeadlineExceededError",
     "EventType",
     "FailedPreconditionError",

@@ -1,6 +1,6 @@
 """The exceptions the client raises: one per gRPC status code, made from `grpc.RpcError`.
 
-    SatchelError                          any failed call; unknown codes (UNKNOWN, DATA_LOSS)
+    SatchelError                          any failed call; unknown codes (UNKNOWN)
     ├── InvalidArgumentError              INVALID_ARGUMENT, with `field_violations`
     ├── NotFoundError                     NOT_FOUND
     ├── AlreadyExistsError                ALREADY_EXISTS
@@ -15,7 +15,8 @@
     ├── DeadlineExceededError             DEADLINE_EXCEEDED
     ├── RequestCancelledError             CANCELLED (not asyncio.CancelledError)
     ├── UnimplementedError                UNIMPLEMENTED
-    └── InternalError                     INTERNAL
+    ├── InternalError                     INTERNAL
+    └── DataLossError                     DATA_LOSS (stored data the server cannot open)
 
 Every error carries the server's `google.rpc.ErrorInfo` (domain `satchel.dev`) as `reason` and
 `metadata`, and the `google.rpc.BadRequest` field violations where the server sent them.
@@ -164,6 +165,12 @@ class InternalError(SatchelError):
     code = grpc.StatusCode.INTERNAL
 
 
+class DataLossError(SatchelError):
+    """Stored data cannot be read back (e.g. a secret sealed under a key no longer in the key ring)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 _BY_CODE: dict[grpc.StatusCode, type[SatchelError]] = {
     cls.code: cls
     for cls in (
@@ -181,6 +188,7 @@ _BY_CODE: dict[grpc.StatusCode, type[SatchelError]] = {
         RequestCancelledError,
         UnimplementedError,
         InternalError,
+        DataLossError,
     )
 }
 

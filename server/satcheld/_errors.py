@@ -11,6 +11,7 @@
     ├── OutOfRange                    OUT_OF_RANGE (e.g. REVISION_COMPACTED)
     ├── ResourceExhausted             RESOURCE_EXHAUSTED (e.g. WATCH_BUFFER_OVERFLOW)
     ├── Unavailable                   UNAVAILABLE
+    ├── DataLoss                      DATA_LOSS (stored data that cannot be opened)
     └── Unimplemented                 UNIMPLEMENTED
 
 Every status carries exactly one `google.rpc.ErrorInfo` (AIP-193); invalid
@@ -133,6 +134,11 @@ class ResourceExhausted(SatchelError):
 class Unavailable(SatchelError):
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
+
+
+class DataLoss(SatchelError):
+    code = grpc.StatusCode.DATA_LOSS
+    default_reason = "DATA_UNREADABLE"
 
 
 class Unimplemented(SatchelError):

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
+from cryptography.exceptions import InvalidTag
 from google.protobuf.message import Message
 
 from satchel.v1 import meta_pb2, secret_pb2
 
 from . import _kinds
-from ._errors import NotFound, Unavailable
+from ._errors import DataLoss, NotFound, Unavailable
 from ._keyring import KeyRing
 
 T = TypeVar("T")
@@ -143,8 +144,15 @@ class _Codec:
     def decode(self, kind: str, body: bytes, sealed: bytes | None, with_data: bool = True) -> Message:
         obj = _kinds.MESSAGES[kind].FromString(body)
         if sealed is not None and with_data:
+            try:
+                payload = self.keyring.open(sealed, uid=obj.metadata.uid, version=obj.version)
+            except (InvalidTag, KeyError, IndexError, UnicodeDecodeError):
+                meta = obj.metadata
+                raise DataLoss(
+                    f"the data of secret {meta.namespace}/{meta.name} cannot be decrypted with the key ring"
+                ) from None
             # The payload is a Secret holding only `data`: merging it sets the data.
-            obj.MergeFromString(self.keyring.open(sealed, uid=obj.metadata.uid, version=obj.version))
+            obj.MergeFromString(payload)
         return obj
 
 
