@@ -63,7 +63,7 @@ CLASSES = [
     (grpc.StatusCode.UNIMPLEMENTED, satchel.UnimplementedError),
     (grpc.StatusCode.INTERNAL, satchel.InternalError),
     (grpc.StatusCode.UNKNOWN, satchel.SatchelError),
-    (grpc.StatusCode.DATA_LOSS, satchel.SatchelError),
+    (grpc.StatusCode.DATA_LOSS, satchel.DataLossError),
 ]
 
 
