@@ -26,7 +26,6 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 from google.protobuf import json_format  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
 
-from satchel import _certs  # noqa: E402
 from satchel._client import Client  # noqa: E402
 from satchel._config import _SOURCES, ClientConfig  # noqa: E402
 from satchel._errors import ConflictError, SatchelError  # noqa: E402
@@ -392,6 +391,8 @@ def _review(client: Client, args: argparse.Namespace) -> None:
 def _certs_init(args: argparse.Namespace) -> None:
     names = ("ca.crt", "ca.key", "server.crt", "server.key", "admin.crt", "admin.key")
     paths = [Path(args.dir) / name for name in names]
+    from satchel import _certs  # cryptography loads only for the certs commands
+
     before = {path: _identity(path) for path in paths}
     _certs.init(args.dir, trust_domain=args.trust_domain, hosts=args.hosts.split(","))
     for path in paths:
@@ -410,6 +411,8 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _certs_issue(args: argparse.Namespace) -> None:
+    from satchel import _certs
+
     for path in _certs.issue(args.dir, args.kind, args.name, ttl=args.ttl):
         print(path)
 
@@ -487,7 +490,13 @@ def _add_kind(sub: Any, kind: _Kind, p: dict[str, argparse.ArgumentParser]) -> N
 
     if kind is SERVICE_ACCOUNTS:
         for v in (create, update):
-            v.add_argument("--secret", dest="secrets", action="append", metavar="NAME", help="a secret its workloads get (repeatable)")
+            v.add_argument(
+                "--secret",
+                dest="secrets",
+                action="append",
+                metavar="NAME",
+                help="a secret its workloads get (repeatable)",
+            )
             v.add_argument("--description")
     elif kind is SECRETS:
         for v in (create, update):
@@ -507,7 +516,13 @@ def _add_kind(sub: Any, kind: _Kind, p: dict[str, argparse.ArgumentParser]) -> N
         update.add_argument("--node", help="the node it runs on")
         for v in (create, update):
             v.add_argument("--service-account", help="its service account (default: default)")
-            v.add_argument("--secret", dest="secrets", action="append", metavar="NAME", help="a further secret it mounts (repeatable)")
+            v.add_argument(
+                "--secret",
+                dest="secrets",
+                action="append",
+                metavar="NAME",
+                help="a further secret it mounts (repeatable)",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
