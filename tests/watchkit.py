@@ -167,34 +167,52 @@ def watch_call(stubs: Stubs, kind: Kind, **request: Any) -> grpc.aio.UnaryStream
 
 
 class Watcher:
-    """A raw watch stream read by a background task into `events`; ends with
-    `error` (the AioRpcError) or cleanly. Every wait is bounded by WAIT."""
+    """A watch stream read by a background task into `events`; ends with `error`
+    or cleanly. The stream is a raw grpc call (`Watcher.open`) or any async
+    iterator of WatchXResponses, such as the client's AsyncWatchStream
+    (`Watcher.consume`). Every wait is bounded by WAIT."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall, kind: Kind, name: str = "watcher") -> None:
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall | None,
+        kind: Kind,
+        name: str = "watcher",
+        responses: AsyncIterator[Message] | None = None,
+    ) -> None:
         self.call = call
         self.kind = kind
         self.name = name
         self.events: list[Event] = []
         self.objects: list[Message] = []  # the objects of object events, as received
-        self.error: grpc.aio.AioRpcError | None = None
+        self.error: BaseException | None = None  # an AioRpcError, or the client's SatchelError
         self.done = False
         self._changed = asyncio.Condition()
+        self._responses = responses if responses is not None else self._read_call()
         self._task = asyncio.create_task(self._read(), name=f"read-{name}")
 
     @classmethod
     def open(cls, stubs: Stubs, kind: Kind, name: str = "watcher", **request: Any) -> Watcher:
         return cls(watch_call(stubs, kind, **request), kind, name)
 
+    @classmethod
+    def consume(cls, responses: AsyncIterator[Message], kind: Kind, name: str = "consumer") -> Watcher:
+        return cls(None, kind, name, responses)
+
+    async def _read_call(self) -> AsyncIterator[Message]:
+        assert self.call is not None
+        while (response := await self.call.read()) is not grpc.aio.EOF:
+            yield response
+
     async def _read(self) -> None:
         try:
-            while (response := await self.call.read()) is not grpc.aio.EOF:
+            async for response in self._responses:
                 event = event_of(response, self.kind)
                 if event.key:
                     self.objects.append(getattr(response, self.kind.field))
                 self.events.append(event)
                 async with self._changed:
                     self._changed.notify_all()
-        except grpc.aio.AioRpcError as e:
+        except Exception as e:  # the stream's end, for the test to judge
             self.error = e
         finally:
             self.done = True
@@ -218,7 +236,9 @@ class Watcher:
     def _ending(self) -> str:
         if self.error is None:
             return "cleanly"
-        return f"{self.error.code().name}: {self.error.details()}"
+        if isinstance(self.error, grpc.aio.AioRpcError):
+            return f"{self.error.code().name}: {self.error.details()}"
+        return repr(self.error)
 
     async def take(self, n: int, timeout: float = WAIT) -> list[Event]:
         """The first `n` events, waiting for them."""
@@ -237,14 +257,16 @@ class Watcher:
             timeout,
         )
 
-    async def ended(self, timeout: float = WAIT) -> grpc.aio.AioRpcError:
+    async def ended(self, timeout: float = WAIT) -> BaseException:
         """The error the stream ended with."""
         await self.wait_for(lambda: self.done, "end of stream", timeout)
         assert self.error is not None, f"{self.name} ended cleanly, not with an error"
         return self.error
 
     async def failure(self, code: grpc.StatusCode, timeout: float = WAIT) -> Failure:
+        """The status a raw stream ended with, which must have `code`."""
         error = await self.ended(timeout)
+        assert isinstance(error, grpc.aio.AioRpcError), f"{self.name} ended with {error!r}"
         assert error.code() == code, f"{self.name}: expected {code.name}, got {error.code().name}: {error.details()}"
         return parse(error)
 
@@ -252,7 +274,10 @@ class Watcher:
         return [e for e in self.events if e.key]
 
     async def close(self) -> None:
-        self.call.cancel()
+        if self.call is not None:
+            self.call.cancel()
+        else:
+            self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 

@@ -1,0 +1,251 @@
+"""The client's resuming watch against the real server: it resumes across a
+server restart (same data, same port) with nothing missed or repeated, relists
+when the history it needs was compacted while it was away and converges to the
+true state, and stops with the typed error when it may not watch.
+
+To keep the client away while the server changes, the same data directory is
+served for a while on another port, which the client does not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+
+from conftest import make_config
+from kinds import SECRETS
+from satchel import AsyncClient, EventType, PermissionDeniedError
+from satcheld._server import Server
+from watchkit import ADDED, BOOKMARK, DELETED, MODIFIED, SYNCED, WAIT, Event, Watcher, check_stream, free_port, state_of
+
+
+def client_for(pki, address: str, identity=None) -> AsyncClient:
+    identity = identity or pki.admin
+    return AsyncClient(server=address, ca=pki.ca, cert=identity.cert, key=identity.key)
+
+
+async def serve(pki, data, listen: str, **overrides) -> Server:
+    server = Server(make_config(pki, data, listen=listen, **overrides))
+    await server.start()
+    return server
+
+
+async def latest_revision(client: AsyncClient) -> int:
+    response = await client._transport.unary(
+        "SecretService", "ListSecrets", SECRETS.module.ListSecretsRequest(page_size=1)
+    )
+    return response.revision
+
+
+def ev(kind: str, obj, revision: int | None = None) -> Event:
+    meta = obj.metadata
+    return Event(kind, meta.resource_version if revision is None else revision, f"{meta.namespace}/{meta.name}", state_of(obj))
+
+
+class Relists:
+    """on_relist: notes how many events the consumer had received when each
+    relisting began (the caller would drop its state there)."""
+
+    def __init__(self) -> None:
+        self.consumer: Watcher | None = None
+        self.at: list[int] = []
+
+    def __call__(self) -> None:
+        assert self.consumer is not None
+        self.at.append(len(self.consumer.events))
+
+
+def rebuild(events: list[Event]) -> dict[str, Event]:
+    """The state a caller keeps from events."""
+    state: dict[str, Event] = {}
+    for e in events:
+        if e.type == DELETED:
+            state.pop(e.key, None)
+        elif e.key:
+            state[e.key] = e
+    return state
+
+
+async def test_the_watch_resumes_across_a_server_restart_with_nothing_missed_or_repeated(pki, tmp_path) -> None:
+    data, listen = tmp_path / "data", f"127.0.0.1:{free_port()}"
+    server = await serve(pki, data, listen)
+    client = client_for(pki, listen)
+    relists = Relists()
+    consumer = relists.consumer = Watcher.consume(client.watch_secrets(send_initial=True, on_relist=relists), SECRETS)
+    try:
+        assert await consumer.take(1) == [Event(SYNCED, 0)]
+        a = await client.create_secret("a", data={"k": b"1"})
+        b = await client.create_secret("b", data={"k": b"2"})
+        await consumer.reach(b.metadata.resource_version)
+        await server.stop()
+
+        # While the client cannot reach it, the server changes: a resume must replay this.
+        elsewhere = f"127.0.0.1:{free_port()}"
+        server = await serve(pki, data, elsewhere)
+        side = client_for(pki, elsewhere)
+        c = await side.create_secret("c", data={"k": b"3"})
+        await side.close()
+        await server.stop()
+
+        server = await serve(pki, data, listen)
+        await consumer.reach(c.metadata.resource_version)
+        # And live events after the resume.
+        writer = client_for(pki, listen)
+        a2 = await writer.update_secret("a", labels={"after": "restart"})
+        await writer.delete_secret("b")
+        deleted_at = await latest_revision(writer)
+        await writer.close()
+        await consumer.reach(deleted_at)
+
+        events = [e for e in consumer.events if e.type != BOOKMARK]
+        check_stream(consumer.events, "client")
+        assert events[:3] == [Event(SYNCED, 0), ev(ADDED, a), ev(ADDED, b)]
+        assert events[3:5] == [ev(ADDED, c), ev(MODIFIED, a2)]
+        assert [e.bare() for e in events[5:]] == [Event(DELETED, deleted_at, "default/b")]
+        assert relists.at == []
+        assert consumer.error is None
+    finally:
+        await consumer.close()
+        await client.close()
+        await server.stop()
+
+
+async def test_the_watch_relists_after_compaction_while_away_and_converges(pki, tmp_path) -> None:
+    data, listen = tmp_path / "data", f"127.0.0.1:{free_port()}"
+    history = dict(history_events=2, history_age=timedelta(0))
+    server = await serve(pki, data, listen, **history)
+    client = client_for(pki, listen)
+    relists = Relists()
+    consumer = relists.consumer = Watcher.consume(client.watch_secrets(send_initial=True, on_relist=relists), SECRETS)
+    try:
+        assert await consumer.take(1) == [Event(SYNCED, 0)]
+        for name in ("a", "b", "c"):
+            last = await client.create_secret(name, data={"k": name.encode()})
+        await consumer.reach(last.metadata.resource_version)
+        seen = len(consumer.events)
+        await server.stop()
+
+        elsewhere = f"127.0.0.1:{free_port()}"
+        server = await serve(pki, data, elsewhere, **history)
+        side = client_for(pki, elsewhere)
+        await side.delete_secret("b")
+        await side.update_secret("a", data={"k": b"a2"}, labels={"v": "2"})
+        for name in ("d", "e", "f"):
+            await side.create_secret(name, data={"k": name.encode()})
+        compact = await server.compact()
+        assert compact > last.metadata.resource_version  # the client's revision is gone
+        await side.close()
+        await server.stop()
+
+        server = await serve(pki, data, listen, **history)
+        # A fresh channel for our own calls: the watcher's is still backing off.
+        writer = client_for(pki, listen)
+        final = await latest_revision(writer)
+        await consumer.wait_for(
+            lambda: any(e.type == SYNCED for e in consumer.events[seen:]), "a second SYNCED (the relisting)"
+        )
+        relisted = consumer.events[seen:]
+        synced = next(i for i, e in enumerate(relisted) if e.type == SYNCED)
+        assert relisted[synced].revision == final
+        assert all(e.type == ADDED and e.revision == final for e in relisted[:synced])
+        assert relists.at == [seen]  # called once, just before the listing
+
+        state = rebuild(consumer.events[seen:])  # what a caller has after dropping its state there
+        truth = {f"default/{s.metadata.name}": state_of(s) async for s in writer.list_secrets(namespace="default")}
+        assert {key: e.state for key, e in state.items()} == truth
+        assert sorted(truth) == ["default/a", "default/c", "default/d", "default/e", "default/f"]
+
+        # Live again after the listing.
+        g = await writer.create_secret("g", data={"k": b"g"})
+        await writer.close()
+        await consumer.reach(g.metadata.resource_version)
+        assert consumer.events[-1] == ev(ADDED, g)
+    finally:
+        await consumer.close()
+        await client.close()
+        await server.stop()
+
+
+async def test_a_watch_from_now_cut_off_after_a_bookmark_at_revision_0_misses_nothing(pki, tmp_path) -> None:
+    """A watch of an empty store that has only seen BOOKMARK{0} knows it is
+    at revision 0; after a restart, the changes made while it was away must
+    still reach it."""
+    data, listen = tmp_path / "data", f"127.0.0.1:{free_port()}"
+    quick = dict(bookmark_interval=timedelta(milliseconds=200))
+    server = await serve(pki, data, listen, **quick)
+    client = client_for(pki, listen)
+    consumer = Watcher.consume(client.watch_secrets(), SECRETS)
+    try:
+        await consumer.wait_for(lambda: bool(consumer.events), "a first BOOKMARK")
+        assert consumer.events[0] == Event(BOOKMARK, 0)
+        await server.stop()
+
+        elsewhere = f"127.0.0.1:{free_port()}"
+        server = await serve(pki, data, elsewhere, **quick)
+        side = client_for(pki, elsewhere)
+        x = await side.create_secret("x", data={"k": b"x"})
+        await side.close()
+        await server.stop()
+
+        server = await serve(pki, data, listen, **quick)
+        writer = client_for(pki, listen)  # the watcher's channel may still be backing off
+        y = await writer.create_secret("y", data={"k": b"y"})
+        await writer.close()
+        await consumer.reach(y.metadata.resource_version)
+        assert consumer.object_events() == [ev(ADDED, x), ev(ADDED, y)], consumer.events
+    finally:
+        await consumer.close()
+        await client.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize("method", ["watch_secrets", "watch_service_accounts", "watch_workloads"])
+async def test_the_watch_stops_with_permission_denied_for_a_user_who_may_not_watch(server, pki, method) -> None:
+    client = client_for(pki, server.address, pki.alice)
+    stream = getattr(client, method)(send_initial=True)
+    try:
+        with pytest.raises(PermissionDeniedError):
+            await asyncio.wait_for(anext(stream), WAIT)
+        # It does not try again: the iteration is over.
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(stream), WAIT)
+    finally:
+        await client.close()
+
+
+async def test_the_watch_resumes_after_the_server_cuts_it_off_for_falling_behind(pki, tmp_path) -> None:
+    """A caller that stops reading while many writes happen is cut off
+    (RESOURCE_EXHAUSTED, as the audit log records); the helper resumes from its
+    last revision and the caller gets every event once."""
+    data = tmp_path / "data"
+    server = await serve(pki, data, "127.0.0.1:0", watch_buffer_events=16)
+    client = client_for(pki, server.address)
+    # grpc's BDP probing would let the client's transport take in all 2 MiB
+    # unread; without it, the server's buffer for the stream fills up.
+    client._transport._options.append(("grpc.http2.bdp_probe", 0))
+    stream = client.watch_secrets(send_initial=True)
+    try:
+        first = await asyncio.wait_for(anext(stream), WAIT)
+        assert (first.type, first.revision) == (EventType.EVENT_TYPE_SYNCED, 0)
+        writes = 64
+        for i in range(writes):  # 2 MiB, not read meanwhile
+            await client.create_secret(f"s{i:02}", data={"blob": b"x" * 32 * 1024})
+        revisions = []
+        while len(revisions) < writes:
+            event = await asyncio.wait_for(anext(stream), WAIT)
+            if event.type != EventType.EVENT_TYPE_BOOKMARK:
+                revisions.append(event.revision)
+        assert revisions == list(range(1, writes + 1))
+        codes = [
+            json.loads(line)["code"]
+            for line in (data / "audit.log").read_text().splitlines()
+            if json.loads(line)["method"].endswith("/WatchSecrets")
+        ]
+        assert codes == ["RESOURCE_EXHAUSTED"], codes
+    finally:
+        await stream.aclose()
+        await client.close()
+        await server.stop()
