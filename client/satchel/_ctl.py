@@ -369,7 +369,9 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
 
 
 def _review(client: Client, args: argparse.Namespace) -> None:
-    response = client.review_token(args.token_value, audiences=args.audience or [])
+    # `-` keeps the token out of the process list and the shell history.
+    token = sys.stdin.readline().strip() if args.token_value == "-" else args.token_value
+    response = client.review_token(token, audiences=args.audience or [])
     if args.output != "table":
         _dump(_to_dict(response), args.output)
         return
@@ -554,7 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("kind", choices=sorted(_WATCHED))
     watch.add_argument("--since", type=int, default=0, metavar="REV", help="replay the events after revision REV")
     watch.add_argument("--initial", action="store_true", help="first every matching object as ADDED, then SYNCED")
-    watch.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    watch.add_argument(
+        "-o", "--output", choices=("table", "json"), default="table", help="table, or one JSON event per line"
+    )
     watch.set_defaults(run=_watch)
 
     token = sub.add_parser("token", help="bearer tokens")
@@ -562,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     review = token_sub.add_parser(
         "review", parents=[p["connection"], p["output"]], help="is TOKEN valid, and whose is it?"
     )
-    review.add_argument("token_value", metavar="TOKEN")
+    review.add_argument("token_value", metavar="TOKEN", help="the token, or - to read it from stdin")
     review.add_argument("--audience", action="append", help="an audience the token must have (repeatable)")
     review.set_defaults(run=_review)
     return parser
