@@ -94,8 +94,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         text=True,
         env=_clean_env(),
     )
+    lines = Lines(proc.stdout)
     try:
-        lines = Lines(proc.stdout)
         first = lines.next("`listening on`")
         match = re.fullmatch(r"listening on (127\.0\.0\.1:\d+)", first)
         assert match, first
@@ -111,6 +111,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        lines.join()  # the reader thread ends at EOF; only then is the pipe closed
         proc.stdout.close()
 
 
@@ -588,20 +589,21 @@ def test_json_is_what_grpcurl_prints(ctl, server: Server, ns) -> None:
 @pytest.fixture
 def watch(server: Server):
     """watch(*args) starts `satchelctl watch ARGS`; returns (process, Lines of its stdout)."""
-    started: list[subprocess.Popen] = []
+    started: list[tuple[subprocess.Popen, Lines]] = []
 
     def start(*args: str) -> tuple[subprocess.Popen, Lines]:
         proc = subprocess.Popen(
             [satchelctl(), "watch", *args], env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        started.append(proc)
-        return proc, Lines(proc.stdout)
+        started.append((proc, Lines(proc.stdout)))
+        return started[-1]
 
     yield start
-    for proc in started:
+    for proc, lines in started:
         if proc.poll() is None:
             proc.kill()
         proc.wait(WAIT)
+        lines.join()
         proc.stdout.close()
         proc.stderr.close()
 
