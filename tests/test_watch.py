@@ -197,6 +197,23 @@ async def test_since_revision_in_the_future_is_invalid_argument(admin, kind: Kin
     await current.close()
 
 
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"since_revision": -1}, "since_revision"),
+        ({"label_selector": "tier=a=b"}, "label_selector"),
+        ({"label_selector": "=web"}, "label_selector"),
+        ({"label_selector": "bad key!=x"}, "label_selector"),
+        ({"namespace": "Not_A_Namespace"}, "namespace"),
+    ],
+    ids=["negative-since", "selector-bad-value", "selector-no-key", "selector-bad-key", "bad-namespace"],
+)
+async def test_malformed_watch_requests_are_invalid_argument_naming_the_field(admin, request_fields, field) -> None:
+    watcher = Watcher.open(admin, SECRETS, **request_fields)
+    failure = await watcher.failure(Code.INVALID_ARGUMENT)
+    assert failure.fields == [field]
+
+
 # -- filters --------------------------------------------------------------------------
 
 
@@ -309,6 +326,38 @@ async def test_bookmarks_arrive_on_an_idle_stream_and_nothing_older_follows_them
         assert [e.key for e in watcher.object_events()] == ["default/a", "default/b", "default/c"]
         check_stream(watcher.events)
         await watcher.close()
+    await channels.close()
+
+
+async def test_no_bookmark_below_synced_while_writes_race_the_snapshot(pki, tmp_path) -> None:
+    """Idle send_initial watchers start while writers commit, with a very short
+    bookmark interval. A BOOKMARK must never carry a revision below the SYNCED
+    before it (nor below any event sent). The race it checks for needs a
+    bookmark tick while a snapshot is read; a correct server always passes."""
+    channels = Channels(pki)
+    async with running(pki, tmp_path / "data", bookmark_interval=timedelta(milliseconds=2)) as server:
+        stubs = channels.stubs(server.address, pki.admin)
+        recorder = Watcher.open(stubs, SECRETS, "recorder", send_initial=True)
+        await recorder.take(1)
+
+        async def write(w: int) -> None:
+            api = SECRETS.api(channels.stubs(server.address, pki.admin))
+            for i in range(40):
+                await api.create(SECRETS.make(f"w{w}-{i}", labels={"tier": "web"}))
+
+        writers = [asyncio.create_task(write(w)) for w in range(6)]
+        watchers = []
+        for i in range(40):
+            await recorder.take(2 + 5 * i)  # start each one a few writes further on
+            # A selector nothing matches: the stream stays idle and gets bookmarks.
+            watchers.append(Watcher.open(stubs, SECRETS, f"watcher-{i}", send_initial=True, label_selector="tier=none"))
+        await asyncio.gather(*writers)
+        final = await revision_now(stubs, SECRETS)
+        for watcher in watchers:
+            await watcher.reach(final)
+        for watcher in watchers:
+            check_stream(watcher.events, watcher.name)
+        await asyncio.gather(*(w.close() for w in [recorder, *watchers]))
     await channels.close()
 
 

@@ -19,7 +19,20 @@ from conftest import make_config
 from kinds import SECRETS
 from satchel import AsyncClient, EventType, PermissionDeniedError
 from satcheld._server import Server
-from watchkit import ADDED, BOOKMARK, DELETED, MODIFIED, SYNCED, WAIT, Event, Watcher, check_stream, free_port, state_of
+from watchkit import (
+    ADDED,
+    BOOKMARK,
+    DELETED,
+    MODIFIED,
+    SYNCED,
+    WAIT,
+    Event,
+    Watcher,
+    check_stream,
+    free_port,
+    running,
+    state_of,
+)
 
 
 def client_for(pki, address: str, identity=None) -> AsyncClient:
@@ -167,6 +180,33 @@ async def test_the_watch_relists_after_compaction_while_away_and_converges(pki, 
         await consumer.close()
         await client.close()
         await server.stop()
+
+
+async def test_a_watch_from_a_compacted_revision_relists_and_says_so(pki, tmp_path) -> None:
+    """A caller resuming from its own revision (say, a List's) that the server
+    has compacted away gets a fresh listing, and on_relist tells it to drop the
+    state it built up to that revision."""
+    async with running(pki, tmp_path / "data", history_events=2, history_age=timedelta(0)) as server:
+        client = client_for(pki, server.address)
+        relists = Relists()
+        try:
+            gone = await client.create_secret("gone", data={"k": b"0"})
+            for name in ("a", "b", "c"):
+                await client.create_secret(name, data={"k": name.encode()})
+            await client.delete_secret("gone")
+            compact = await server.compact()
+            since = gone.metadata.resource_version
+            assert compact > since
+
+            consumer = relists.consumer = Watcher.consume(
+                client.watch_secrets(since_revision=since, on_relist=relists), SECRETS
+            )
+            await consumer.wait_for(lambda: any(e.type == SYNCED for e in consumer.events), "SYNCED")
+            assert [e.key for e in consumer.events if e.type == ADDED] == ["default/a", "default/b", "default/c"]
+            assert relists.at == [0], "on_relist was not called before the listing"
+            await consumer.close()
+        finally:
+            await client.close()
 
 
 async def test_a_watch_from_now_cut_off_after_a_bookmark_at_revision_0_misses_nothing(pki, tmp_path) -> None:
