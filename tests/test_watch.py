@@ -116,6 +116,7 @@ async def test_send_initial_with_writes_racing_the_snapshot_has_no_gap_and_no_du
 
     history = recorder.object_events()
     for watcher in watchers:
+        await watcher.wait_for(lambda w=watcher: any(e.type == SYNCED for e in w.events), "SYNCED")
         await watcher.reach(final)
         check_stream(watcher.events, watcher.name)
         synced = next(i for i, e in enumerate(watcher.events) if e.type == SYNCED)

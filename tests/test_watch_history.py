@@ -226,7 +226,8 @@ def check_history(recorder: Watcher, outcomes: list[Outcome], final: int) -> lis
         if o.state is None:
             continue
         e = by_revision.get(o.state.resource_version)
-        assert e is not None and e.key == o.key and e.state == o.state, f"{o.op} {o.key} returned a state not in history"
+        ok = e is not None and e.key == o.key and e.state == o.state
+        assert ok, f"{o.op} {o.key} returned a state not in history"
         put_revisions.add(o.state.resource_version)
     assert put_revisions == {e.revision for e in history if e.type != DELETED}, "history has writes nobody made"
     deletes = Counter(o.key for o in outcomes if o.op == "delete")
@@ -296,16 +297,15 @@ async def test_every_watcher_sees_the_committed_history_filtered_to_its_view(pki
         )
 
         for plan, since, watcher in watchers:
-            await watcher.reach(final)
+            await watcher.settle(final)
             check_stream(watcher.events, plan.name)
             events = [e for e in watcher.events if e.type != BOOKMARK]
             if since is None:
                 synced = next(i for i, e in enumerate(events) if e.type == SYNCED)
                 r = events[synced].revision
                 assert r <= final
-                snapshot = [
-                    Event(ADDED, r, key, s) for key, s in sorted(state_at(history, r).items()) if plan.view.matches(key, s)
-                ]
+                at_r = sorted(state_at(history, r).items())
+                snapshot = [Event(ADDED, r, key, s) for key, s in at_r if plan.view.matches(key, s)]
                 assert sorted(events[:synced], key=lambda e: e.key) == snapshot, f"{plan.name}: snapshot at {r}"
                 tail, start = events[synced + 1 :], r
             else:

@@ -257,6 +257,17 @@ class Watcher:
             timeout,
         )
 
+    async def settle(self, revision: int, timeout: float = WAIT) -> None:
+        """Waits until everything up to `revision` has been delivered: a BOOKMARK or
+        SYNCED at or after it, or an event after it. Unlike `reach`, this does not
+        stop inside a listing whose ADDED events all carry the same revision."""
+        await self.wait_for(
+            lambda: bool(self.events)
+            and (self.events[-1].revision > revision or (not self.events[-1].key and self.events[-1].revision >= revision)),
+            f"BOOKMARK or SYNCED at or after revision {revision}",
+            timeout,
+        )
+
     async def ended(self, timeout: float = WAIT) -> BaseException:
         """The error the stream ended with."""
         await self.wait_for(lambda: self.done, "end of stream", timeout)
