@@ -705,7 +705,8 @@ class _Resume:
             self.revision = event.revision
         if event.type == EventType.EVENT_TYPE_SYNCED:
             self._listing = False
-        relisting = self._listing_started and self._yielded
+        # A listing the caller did not ask for (compaction, or a listing that broke and restarts).
+        relisting = self._listing_started and (self._yielded or not self._request.send_initial)
         self._listing_started = False
         self._yielded = True
         return relisting
@@ -717,6 +718,10 @@ class _Resume:
             self._listing = True
         elif error is not None and error.code not in _RESUMABLE:
             return None
+        elif self.revision == 0:
+            # since_revision=0 means "from now": with no revision learned yet, only a
+            # listing is sure to miss nothing that happened while disconnected.
+            self._listing = True
         if self._listing:
             self._listing_started = True
         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**self._attempt))
@@ -732,8 +737,8 @@ class WatchStream(Generic[E]):
     `since_revision` set to that revision, after a backoff with full jitter (0.1 s doubling up to
     10 s, reset by every event): no event is lost or repeated.
 
-    When the server no longer keeps that history (OUT_OF_RANGE, reason REVISION_COMPACTED), it
-    relists: it reconnects with `send_initial` and yields every matching object as ADDED, then
+    When the server no longer keeps that history (OUT_OF_RANGE, reason REVISION_COMPACTED), or
+    the stream broke before any revision was learned, it relists: it reconnects with `send_initial` and yields every matching object as ADDED, then
     SYNCED, then live events. Events were missed in between, DELETED ones among them, so the caller
     must rebuild its state from that listing: objects not in it are gone. `on_relist`, if given, is
     called just before the first event of such a listing (also when a listing breaks before its

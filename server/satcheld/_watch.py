@@ -256,6 +256,8 @@ class WatchHub:
                 revision, payload, bookmark = await sub.next()
                 if revision <= sub.floor and not bookmark:
                     continue  # already sent by the initial part
+                if revision < sub.last_revision:
+                    continue  # a bookmark queued while the initial part ran: revisions never go back
                 sub.last_revision = revision
                 yield payload
                 sub.idle_since = loop.time()
