@@ -246,12 +246,11 @@ class WatchHub:
             elif since_revision:
                 initial = self._replay(view, since_revision, upto=sub.floor)
             else:
-                initial = None
-            if initial is not None:
-                async for revision, payload in initial:
-                    sub.floor = max(sub.floor, revision)
-                    sub.last_revision = revision
-                    yield payload
+                initial = self._now(view, sub.floor)
+            async for revision, payload in initial:
+                sub.floor = max(sub.floor, revision)
+                sub.last_revision = revision
+                yield payload
             while True:
                 revision, payload, bookmark = await sub.next()
                 if revision <= sub.floor and not bookmark:
@@ -263,6 +262,11 @@ class WatchHub:
                 sub.idle_since = loop.time()
         finally:
             self._unsubscribe(sub)
+
+    async def _now(self, view: View, revision: int) -> AsyncIterator[tuple[int, bytes]]:
+        """A watch "from now" starts with BOOKMARK{now}, so that its client knows
+        where to resume even if the stream breaks before any change."""
+        yield revision, encode(view, BOOKMARK, revision)
 
     async def _initial(self, view: View) -> AsyncIterator[tuple[int, bytes]]:
         revision, objects = await asyncio.to_thread(self._store.snapshot, view.kind)
