@@ -24,14 +24,14 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from ._errors import SatchelError, Unauthenticated, internal_status
+from ._errors import InvalidArgument, SatchelError, Unauthenticated, internal_status
 from ._identity import Principal, principal_from_uris
 
 log = logging.getLogger("satcheld")
@@ -117,50 +117,61 @@ class Guard:
         self._audit = audit
         self._trust_domain = trust_domain
 
-    def _begin(self, method: str, context: aio.ServicerContext) -> Request:
-        given = _metadata_value(context.invocation_metadata(), _REQUEST_ID_KEY)
+    def _begin(self, method: str, context: aio.ServicerContext, metadata: Any) -> Request:
+        given = _metadata_value(metadata, _REQUEST_ID_KEY)
         rid = given if given and _REQUEST_ID.fullmatch(given) else f"{_BOOT}-{next(_COUNTER)}"
         req = Request(rid, method)
         _current.set(req)
         context.set_trailing_metadata(((_REQUEST_ID_KEY, rid),))
         return req
 
-    def _authenticate(self, req: Request, context: aio.ServicerContext) -> None:
+    def _authenticate(self, req: Request, context: aio.ServicerContext, metadata: Any) -> None:
         auth = context.auth_context()
         if not auth.get("x509_pem_cert"):
             raise Unauthenticated("no client certificate was presented", reason="NO_CLIENT_CERTIFICATE")
+        if _metadata_value(metadata, "authorization"):
+            # Until bearer tokens are verified, a token must not silently run as the
+            # certificate's (possibly stronger) principal.
+            raise Unauthenticated("bearer tokens are not accepted yet; call with a client certificate only",
+                                  reason="TOKEN_NOT_SUPPORTED")
         # Only URI SANs name a SPIFFE ID; a CN or DNS name that looks like one does not.
         req.principal = principal_from_uris(tuple(auth.get("peer_uri", ())), self._trust_domain)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler with the guard around it. It takes the raw request bytes and
+        parses them itself, so that a malformed request is an audited
+        INVALID_ARGUMENT like any other bad input, not grpc's bare UNKNOWN."""
         audit = self._audit
         begin, authenticate = self._begin, self._authenticate
+        parse = _parser(handler.request_deserializer)
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def unary_unary(request: Any, context: aio.ServicerContext) -> Any:
-                req = begin(method, context)
+            async def unary_unary(raw: bytes, context: aio.ServicerContext) -> Any:
+                metadata = context.invocation_metadata()
+                req = begin(method, context, metadata)
                 code = grpc.StatusCode.OK
                 try:
-                    authenticate(req, context)
-                    return await inner(request, context)
+                    authenticate(req, context, metadata)
+                    return await inner(parse(raw), context)
                 except BaseException as e:
                     code = _code_of(e)
                     await _abort(e, context, req)
                 finally:
                     audit.write(req, code)
 
-            return handler._replace(unary_unary=unary_unary)
+            return handler._replace(unary_unary=unary_unary, request_deserializer=None)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
             serialize = handler.response_serializer
 
-            async def unary_stream(request: Any, context: aio.ServicerContext) -> Any:
-                req = begin(method, context)
+            async def unary_stream(raw: bytes, context: aio.ServicerContext) -> Any:
+                metadata = context.invocation_metadata()
+                req = begin(method, context, metadata)
                 code = grpc.StatusCode.OK
                 try:
-                    authenticate(req, context)
-                    async for item in inner_stream(request, context):
+                    authenticate(req, context, metadata)
+                    async for item in inner_stream(parse(raw), context):
                         yield item
                 except BaseException as e:
                     code = _code_of(e)
@@ -172,8 +183,20 @@ class Guard:
                 # Watch handlers yield events already serialized once per view.
                 return message if isinstance(message, bytes) else serialize(message)
 
-            return handler._replace(unary_stream=unary_stream, response_serializer=passthrough)
+            return handler._replace(
+                unary_stream=unary_stream, request_deserializer=None, response_serializer=passthrough
+            )
         raise TypeError(f"{method}: only unary and server-streaming methods are guarded")
+
+
+def _parser(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception:  # DecodeError, or invalid UTF-8 in a string field
+            raise InvalidArgument([("request", "is not a valid protobuf message for this method")]) from None
+
+    return parse
 
 
 class GuardedRegistrar:

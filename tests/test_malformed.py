@@ -1,0 +1,51 @@
+"""Requests grpc cannot even parse, and credentials the server does not accept yet:
+each is a clear, audited error with one ErrorInfo, never grpc's bare UNKNOWN."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from satchel.v1 import secret_pb2
+
+from failures import failure
+
+# A GetSecretRequest whose `name` holds invalid UTF-8, and bytes that are no message at all.
+MALFORMED = {"bad-utf8": b"\x12\x02\xff\xfe", "garbage": b"\xff\xff\xff"}
+
+
+def _audit(server) -> list[dict]:
+    return [json.loads(line) for line in server.config.audit_log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED)
+async def test_malformed_unary_request_is_invalid_argument(server, admin, raw: bytes) -> None:
+    call = admin.channel.unary_unary("/satchel.v1.SecretService/GetSecret")(raw)
+    f = await failure(call, grpc.StatusCode.INVALID_ARGUMENT)
+    assert f.fields == ["request"]
+    (record,) = _audit(server)
+    assert (record["method"], record["code"]) == ("/satchel.v1.SecretService/GetSecret", "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED)
+async def test_malformed_watch_request_is_invalid_argument(server, admin, raw: bytes) -> None:
+    async def drain() -> None:
+        async for _ in admin.channel.unary_stream("/satchel.v1.SecretService/WatchSecrets")(raw):
+            pass
+
+    f = await failure(drain(), grpc.StatusCode.INVALID_ARGUMENT)
+    assert f.fields == ["request"]
+
+
+async def test_a_bearer_token_is_refused_until_tokens_are_verified(server, admin) -> None:
+    """Ignoring the token would run the call as the certificate's principal (here an admin)."""
+    call = admin.secrets.GetSecret(
+        secret_pb2.GetSecretRequest(name="any"), metadata=(("authorization", "Bearer abc.def.ghi"),)
+    )
+    f = await failure(call, grpc.StatusCode.UNAUTHENTICATED)
+    assert f.info.reason == "TOKEN_NOT_SUPPORTED"
+    (record,) = _audit(server)
+    assert record["code"] == "UNAUTHENTICATED"
+    assert "abc.def.ghi" not in server.config.audit_log.read_text()
