@@ -22,7 +22,7 @@ from . import _guard, _resources
 from ._errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, Unimplemented
 from ._kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
 from ._labels import LabelSelector
-from ._paging import PageTokens, page_size
+from ._paging import MAX_PAGE_BYTES, PageTokens, page_size
 from ._policy import Authorizer
 from ._store import Store, Txn
 from ._watch import View, WatchHub
@@ -117,6 +117,7 @@ class Resources:
             namespace=namespace,
             after=after,
             limit=limit,
+            max_bytes=MAX_PAGE_BYTES,
             match=lambda obj: selector.matches(obj.metadata.labels),
             with_data=with_data,
         )

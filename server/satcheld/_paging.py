@@ -12,6 +12,9 @@ from ._errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# A page stops short of this many bytes, well under the 4 MiB message limit: a
+# page of large secrets must still fit in one response.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
 def page_size(requested: int) -> int:

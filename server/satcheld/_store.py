@@ -298,8 +298,13 @@ class Store:
 
     @property
     def revision(self) -> int:
-        """The last committed revision (as published to listeners)."""
+        """The last revision published to listeners; it trails `committed_revision()`
+        by the moment between a commit and its publication on the event loop."""
         return self._revision
+
+    def committed_revision(self) -> int:
+        """The last revision committed to the database (what List reports)."""
+        return self._committed_revision(self._reader())
 
     def _run(self) -> None:
         busy = False  # whether writes arrived while the last batch committed
@@ -387,11 +392,13 @@ class Store:
         namespace: str = "",
         after: tuple[str, str] = ("", ""),
         limit: int,
+        max_bytes: int,
         match: Callable[[Message], bool] = lambda _obj: True,
         with_data: bool = True,
     ) -> tuple[list[Message], bool, int]:
         """Up to `limit` matching objects after `after` in (namespace, name) order,
-        whether more follow, and the revision they were read at."""
+        and fewer if they would exceed `max_bytes` (never none, so a page always
+        makes progress); whether more follow, and the revision they were read at."""
         conn = self._reader()
         sql = "SELECT body, sealed FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
         args: list[Any] = [kind, *after]
@@ -400,6 +407,7 @@ class Store:
             args.append(namespace)
         sql += " ORDER BY namespace, name"
         found: list[Message] = []
+        size = 0
         more = False
         conn.execute("BEGIN")
         try:
@@ -408,11 +416,12 @@ class Store:
                 obj = self._codec.decode(kind, body, None, with_data=False)
                 if not match(obj):
                     continue
-                if len(found) == limit:
-                    more = True
-                    break
                 if sealed is not None and with_data:
                     obj = self._codec.decode(kind, body, sealed)
+                size += obj.ByteSize()
+                if len(found) == limit or (found and size > max_bytes):
+                    more = True
+                    break
                 found.append(obj)
         finally:
             conn.execute("COMMIT")

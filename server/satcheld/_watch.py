@@ -235,9 +235,13 @@ class WatchHub:
         if since_revision < 0:
             raise InvalidArgument([("since_revision", "must not be negative")])
         if since_revision > self.revision:
-            raise InvalidArgument(
-                [("since_revision", f"revision {since_revision} is in the future (the latest is {self.revision})")]
-            )
+            # Checked against the database: a List may report a revision that is
+            # committed but not yet published here.
+            latest = await asyncio.to_thread(self._store.committed_revision)
+            if since_revision > latest:
+                raise InvalidArgument(
+                    [("since_revision", f"revision {since_revision} is in the future (the latest is {latest})")]
+                )
         sub = self._subscribe(view)  # first, so nothing committed from now on is missed
         loop = asyncio.get_running_loop()
         try:
@@ -245,6 +249,7 @@ class WatchHub:
                 initial = self._initial(view)
             elif since_revision:
                 initial = self._replay(view, since_revision, upto=sub.floor)
+                sub.floor = max(sub.floor, since_revision)  # committed but not yet published
             else:
                 initial = self._now(view, sub.floor)
             async for revision, payload in initial:
@@ -280,9 +285,9 @@ class WatchHub:
         while after < upto:
             last = min(upto, after + _HISTORY_CHUNK)
             compact, changes = await asyncio.to_thread(self._store.history, view.kind, after, last)
-            if since < compact:
+            if after < compact:  # events after `after` are gone; those up to it were sent
                 raise OutOfRange(
-                    f"revision {since} has been compacted (history starts after {compact}); list again",
+                    f"revision {after} has been compacted (history starts after {compact}); list again",
                     reason="REVISION_COMPACTED",
                     metadata={"compact_revision": str(compact)},
                 )
