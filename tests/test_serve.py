@@ -252,3 +252,44 @@ async def test_explicit_form_names_missing_flags_and_exits_2(pki, tmp_path) -> N
     assert code == 2
     assert len(err) == 1, err
     assert "--tls-key" in err[0] and "--policy" in err[0]
+
+
+@pytest.mark.parametrize("flag", ["tls-cert", "tls-key", "client-ca", "ca-cert", "ca-key"])
+async def test_explicit_form_names_a_file_that_is_not_pem(pki, tmp_path, flag: str) -> None:
+    bogus = tmp_path / f"bogus-{flag}.pem"
+    bogus.write_text("not a pem file\n")
+    code, err, out = await _fails(tmp_path, _explicit(pki, tmp_path, **{flag: str(bogus)}))
+
+    assert code == 2
+    assert len(err) == 1 and str(bogus) in err[0], err
+    assert "listening on" not in out
+
+
+@pytest.mark.parametrize(
+    "args", [["--bookmark-interval", "0s"], ["--history-events", "0"], ["--history-events", "abc"]]
+)
+async def test_watch_tuning_flags_are_checked(tmp_path, args: list[str]) -> None:
+    code, err, out = await _fails(tmp_path, ["--dev", "--data-dir", str(tmp_path / "d"), *args])
+
+    assert code == 2
+    assert any(args[0] in line for line in err), err
+    assert "listening on" not in out
+
+
+async def test_dev_refuses_certificates_of_another_trust_domain(tmp_path) -> None:
+    data = tmp_path / "d"
+    async with satcheld(tmp_path, "--dev", "--data-dir", str(data), "--listen", "127.0.0.1:0"):
+        pass
+    code, err, out = await _fails(tmp_path, ["--dev", "--data-dir", str(data), "--trust-domain", "other.example"])
+
+    assert code == 2
+    assert len(err) == 1 and "other.example" in err[0], err
+
+
+async def test_dev_keeps_its_files_private(tmp_path) -> None:
+    data = tmp_path / "d"
+    async with satcheld(tmp_path, "--dev", "--data-dir", str(data), "--listen", "127.0.0.1:0"):
+        modes = {p.name: p.stat().st_mode & 0o777 for p in data.iterdir() if p.is_file()}
+    assert data.stat().st_mode & 0o777 == 0o700
+    for name in ("satchel.db", "satchel.db-wal", "encryption.key", "policy.yaml", "audit.log"):
+        assert modes.get(name) == 0o600, f"{name}: {oct(modes.get(name, 0))}"

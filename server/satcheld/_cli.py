@@ -50,6 +50,23 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=total)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _positive_duration(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"expected a duration above 0, not {text!r}")
+    return value
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"SATCHEL_{name.upper()}", default)
 
@@ -66,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trust-domain", default=_env("trust_domain", "satchel.local"))
     serve.add_argument("--audit-log", default=_env("audit_log"))
     serve.add_argument("--history-age", type=parse_duration, default=_env("history_age", "1h"))
-    serve.add_argument("--history-events", type=int, default=int(_env("history_events", "100000") or 100000))
-    serve.add_argument("--bookmark-interval", type=parse_duration, default=_env("bookmark_interval", "10s"))
+    serve.add_argument("--history-events", type=_positive_int, default=_env("history_events", "100000"))
+    serve.add_argument("--bookmark-interval", type=_positive_duration, default=_env("bookmark_interval", "10s"))
     return parser
 
 
@@ -77,14 +94,20 @@ def _dev_config(args: argparse.Namespace) -> ServerConfig:
 
     data = Path(args.data_dir).resolve()
     certs = data / "certs"
-    data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _certs.init(certs, trust_domain=args.trust_domain)
-    key_file = data / "encryption.key"
-    if not key_file.exists():
-        KeyRing.create_file(key_file)
-    policy = data / "policy.yaml"
-    if not policy.exists():
-        policy.write_text(Policy.default_text())
+    try:
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data.chmod(0o700)  # keys, the database and the audit log live here
+        _certs.init(certs, trust_domain=args.trust_domain)
+        key_file = data / "encryption.key"
+        if not key_file.exists():
+            KeyRing.create_file(key_file)
+        policy = data / "policy.yaml"
+        if not policy.exists():
+            fd = os.open(policy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(Policy.default_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot prepare data directory {data}: {e}") from None
     return ServerConfig(
         listen=args.listen or "127.0.0.1:7443",
         db=data / "satchel.db",

@@ -9,6 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -70,6 +72,24 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
+def _read_certificates(path: Path, what: str) -> bytes:
+    pem = _read(path, what)
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise ConfigError(f"{what} {path} holds no PEM certificate") from None
+    return pem
+
+
+def _read_key(path: Path, what: str) -> bytes:
+    pem = _read(path, what)
+    try:
+        serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{what} {path} holds no unencrypted PEM private key") from None
+    return pem
+
+
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
         # grpc sets SO_REUSEPORT by default: a second server on a busy port
@@ -107,16 +127,25 @@ class Server:
     def _credentials(self) -> grpc.ServerCredentials:
         c = self.config
         return grpc.ssl_server_credentials(
-            [(_read(c.tls_key, "TLS key"), _read(c.tls_cert, "TLS certificate"))],
-            root_certificates=_read(c.client_ca, "client CA"),
+            [(_read_key(c.tls_key, "TLS key"), _read_certificates(c.tls_cert, "TLS certificate"))],
+            root_certificates=_read_certificates(c.client_ca, "client CA"),
             require_client_auth=True,
         )
 
     async def start(self) -> str:
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop(0)  # release what was opened before the failure
+            raise
+
+    async def _start(self) -> str:
         c = self.config
+        if c.bookmark_interval.total_seconds() <= 0 or c.history_events < 1 or c.history_age.total_seconds() < 0:
+            raise ConfigError("--bookmark-interval must be above 0, --history-events at least 1, --history-age not negative")
         credentials = self._credentials()
-        for path, what in ((c.ca_cert, "CA certificate"), (c.ca_key, "CA key")):
-            _read(path, what)
+        _read_certificates(c.ca_cert, "CA certificate")
+        _read_key(c.ca_key, "CA key")
         try:
             keyring = KeyRing.load(c.encryption_key_file)
             policy = Policy.load(c.policy)
@@ -140,7 +169,7 @@ class Server:
         resources = _handlers.Resources(
             self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
         )
-        server = aio.server(options=server_options(c), maximum_concurrent_rpcs=None)
+        server = self._grpc = aio.server(options=server_options(c), maximum_concurrent_rpcs=None)
         guarded = GuardedRegistrar(server, Guard(self._audit, c.trust_domain))
         service_account_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
             _handlers.ServiceAccountService(resources), guarded
@@ -159,7 +188,6 @@ class Server:
         if bound == 0:
             raise ConfigError(f"cannot listen on {c.listen}")
         await server.start()
-        self._grpc = server
         self.address = f"{host}:{bound}"
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -204,7 +232,3 @@ class Server:
         if self._audit is not None:
             self._audit.close()
             self._audit = None
-
-    async def wait(self) -> None:
-        if self._grpc is not None:
-            await self._grpc.wait_for_termination()
