@@ -53,6 +53,9 @@ class Resources:
             raise
         req.decision = "allow"
 
+    def _may_read_data(self, kind: str, namespace: str) -> bool:
+        return kind == SECRETS and self.authorizer.allowed(_guard.principal(), "read-data", SECRETS, namespace)
+
     def _readable(self, obj: Message) -> Message:
         """The object as this caller may see it: secret data only with read-data."""
         if isinstance(obj, secret_pb2.Secret) and obj.data:
@@ -93,12 +96,12 @@ class Resources:
     def get(self, kind: str, namespace: str, name: str) -> Message:
         namespace = _resources.namespace_or_default(namespace)
         self.authorize("get", kind, namespace, name)
-        obj = self.store.get(kind, namespace, name)
+        obj = self.store.get(kind, namespace, name, with_data=self._may_read_data(kind, namespace))
         if obj is None:
             # Only names that were never valid need checking: stored ones were.
             _resources.check_key(kind, namespace, name)
             raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
-        return self._readable(obj)
+        return obj
 
     def list(self, kind: str, request: Message) -> tuple[list[Message], str, int]:
         namespace = request.namespace
@@ -109,9 +112,7 @@ class Resources:
         limit = page_size(request.page_size)
         query = (kind, namespace, request.label_selector)
         after = self._page_tokens.decode(request.page_token, query)
-        with_data = kind == SECRETS and self.authorizer.allowed(
-            _guard.principal(), "read-data", SECRETS, namespace
-        )
+        with_data = self._may_read_data(kind, namespace)
         items, more, revision = self.store.list(
             kind,
             namespace=namespace,
@@ -125,7 +126,7 @@ class Resources:
         if more and items:
             last = items[-1].metadata
             token = self._page_tokens.encode(query, (last.namespace, last.name))
-        return [self._readable(o) for o in items], token, revision
+        return items, token, revision
 
     async def update(self, kind: str, obj: Message, mask) -> Message:  # noqa: ANN001
         namespace = _resources.namespace_or_default(obj.metadata.namespace)
@@ -164,8 +165,7 @@ class Resources:
             kind,
             namespace,
             LabelSelector.parse(request.label_selector),
-            with_data=kind == SECRETS
-            and self.authorizer.allowed(_guard.principal(), "read-data", SECRETS, namespace),
+            with_data=self._may_read_data(kind, namespace),
         )
         return self.hub.stream(view, since_revision=request.since_revision, send_initial=request.send_initial)
 
@@ -175,7 +175,7 @@ class Resources:
         _resources.check_key(kind, namespace, name)
 
         def write(txn: Txn) -> None:
-            current = txn.get(kind, namespace, name)
+            current = txn.get(kind, namespace, name, with_data=False)
             if current is None:
                 raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
             if etag and etag != current.metadata.etag:

@@ -10,6 +10,7 @@ with the key ring before it touches the database.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import queue
@@ -184,9 +185,9 @@ class Txn:
             (kind, namespace, name),
         ).fetchone()
 
-    def get(self, kind: str, namespace: str, name: str) -> Message | None:
+    def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
         row = self._row(kind, namespace, name)
-        return None if row is None else self._codec.decode(kind, row[0], row[1])
+        return None if row is None else self._codec.decode(kind, row[0], row[1], with_data)
 
     def put(self, obj: Message) -> Message:
         """Creates or replaces `obj`, filling uid, resource_version, etag and times."""
@@ -223,7 +224,10 @@ class Txn:
             raise NotFound(f"{kind} {namespace}/{name} not found")
         revision = self._next_revision()
         prev = self._codec.decode(kind, row[0], None, with_data=False)
-        last = self._codec.decode(kind, row[0], row[1])
+        try:
+            last = self._codec.decode(kind, row[0], row[1])
+        except DataLoss:  # data no key opens any more must still be deletable
+            last = self._codec.decode(kind, row[0], None, with_data=False)
         # The DELETED event carries the last state at the deleting revision;
         # its sealed data stays bound to the uid and version it was sealed with.
         last.metadata.resource_version = revision
@@ -431,9 +435,12 @@ class Store:
             conn.execute("COMMIT")
         return found, more, revision
 
-    def snapshot(self, kind: str) -> tuple[int, list[Message]]:
-        """Every object of `kind` (with data) and the revision they were read at,
-        from one consistent read. Used for a watch's initial state."""
+    def snapshot(
+        self, kind: str, match: Callable[[Message], bool], with_data: bool
+    ) -> tuple[int, list[Message]]:
+        """The matching objects of `kind` and the revision they were read at, from
+        one consistent read; data is opened only when asked for. Used for a
+        watch's initial state."""
         conn = self._reader()
         conn.execute("BEGIN")
         try:
@@ -443,11 +450,19 @@ class Store:
             ).fetchall()
         finally:
             conn.execute("COMMIT")
-        return revision, [self._codec.decode(kind, body, sealed) for body, sealed in rows]
+        found = []
+        for body, sealed in rows:
+            obj = self._codec.decode(kind, body, None, with_data=False)
+            if match(obj):
+                found.append(self._codec.decode(kind, body, sealed) if sealed and with_data else obj)
+        return revision, found
 
-    def history(self, kind: str, after: int, upto: int) -> tuple[int, list[Change]]:
+    def history(
+        self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
+    ) -> tuple[int, list[Change]]:
         """The compact revision (history after it is complete) and the recorded
-        changes of `kind` in revisions (after, upto], in order."""
+        changes of `kind` in revisions (after, upto] that are `relevant`, in
+        order; data is opened only when asked for."""
         conn = self._reader()
         conn.execute("BEGIN")
         try:
@@ -460,16 +475,19 @@ class Store:
         finally:
             conn.execute("COMMIT")
         message = _kinds.MESSAGES[kind]
-        changes = [
-            Change(
+        changes = []
+        for revision, event_type, body, sealed, prev in rows:
+            change = Change(
                 revision,
                 kind,
                 event_type,
-                self._codec.decode(kind, body, sealed),
+                self._codec.decode(kind, body, None, with_data=False),
                 None if prev is None else message.FromString(prev),
             )
-            for revision, event_type, body, sealed, prev in rows
-        ]
+            if relevant(change):
+                if sealed and with_data:
+                    change = dataclasses.replace(change, obj=self._codec.decode(kind, body, sealed))
+                changes.append(change)
         return compact, changes
 
     async def compact(self, *, keep_seconds: float, keep_events: int, max_rows: int = 5000) -> int:

@@ -274,17 +274,18 @@ class WatchHub:
         yield revision, encode(view, BOOKMARK, revision)
 
     async def _initial(self, view: View) -> AsyncIterator[tuple[int, bytes]]:
-        revision, objects = await asyncio.to_thread(self._store.snapshot, view.kind)
+        revision, objects = await asyncio.to_thread(self._store.snapshot, view.kind, view.matches, view.with_data)
         for obj in objects:
-            if view.matches(obj):
-                yield revision, encode(view, ADDED, revision, obj)
+            yield revision, encode(view, ADDED, revision, obj)
         yield revision, encode(view, SYNCED, revision)
 
     async def _replay(self, view: View, since: int, *, upto: int) -> AsyncIterator[tuple[int, bytes]]:
         after = since
         while after < upto:
             last = min(upto, after + _HISTORY_CHUNK)
-            compact, changes = await asyncio.to_thread(self._store.history, view.kind, after, last)
+            compact, changes = await asyncio.to_thread(
+                self._store.history, view.kind, after, last, _has_event_for(view), view.with_data
+            )
             if after < compact:  # events after `after` are gone; those up to it were sent
                 raise OutOfRange(
                     f"revision {after} has been compacted (history starts after {compact}); list again",
@@ -296,3 +297,7 @@ class WatchHub:
                 if event_type is not None:
                     yield change.revision, encode(view, event_type, change.revision, change.obj)
             after = last
+
+
+def _has_event_for(view: View) -> Callable[[Change], bool]:
+    return lambda change: view.event_for(change) is not None
