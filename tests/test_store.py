@@ -23,7 +23,8 @@ from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, hashed
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
 from satcheld._keyring import KeyFileError, KeyRing
 from satcheld._server import Server
-from satcheld._store import MIGRATIONS
+from satcheld._errors import Unavailable
+from satcheld._store import MIGRATIONS, Store
 
 Code = grpc.StatusCode
 
@@ -269,3 +270,32 @@ async def test_a_secret_no_key_opens_is_still_deletable_and_harms_no_other_view(
         watch.cancel()
         await stubs.secrets.DeleteSecret(secret_pb2.DeleteSecretRequest(name="locked"))
         await failure(SECRETS.api(stubs).get("locked"), Code.NOT_FOUND)
+
+
+# -- the writer ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(tmp_path) -> AsyncIterator[Store]:
+    KeyRing.create_file(tmp_path / "k")
+    opened = Store(tmp_path / "s.db", KeyRing.load(tmp_path / "k"))
+    yield opened
+    await asyncio.to_thread(opened.close)
+
+
+async def test_a_database_error_in_a_write_is_unavailable_and_the_writer_goes_on(store) -> None:
+    def broken(txn):
+        txn.put(SECRETS.make("never", namespace="default"))
+        txn._conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(Unavailable):
+        await store.write(broken)
+    assert store.get("secrets", "default", "never") is None, "the failed write left nothing behind"
+    stored = await store.write(lambda txn: txn.put(SECRETS.make("after")))
+    assert stored.metadata.resource_version == 1, "the failed write took no revision"
+
+
+async def test_writes_after_close_are_refused(store) -> None:
+    await asyncio.to_thread(store.close)
+    with pytest.raises(Unavailable):
+        await store.write(lambda txn: txn.put(SECRETS.make("late")))

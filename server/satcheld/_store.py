@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import os
 import queue
 import sqlite3
@@ -34,6 +35,7 @@ from ._errors import DataLoss, NotFound, Unavailable
 from ._keyring import KeyRing
 
 T = TypeVar("T")
+log = logging.getLogger("satcheld.store")
 
 _BATCH = 256
 _GROUP_COMMIT_WINDOW = 0.001  # seconds
@@ -286,6 +288,7 @@ class Store:
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._closed = False
+        self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="satchel-store-writer", daemon=True)
         self._thread.start()
 
@@ -293,11 +296,12 @@ class Store:
 
     async def write(self, fn: Callable[[Txn], T]) -> T:
         """Runs `fn(txn)` in the writer thread; returns its result once durable."""
-        if self._closed:
-            raise Unavailable("the server is shutting down")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
+        with self._closing:  # a job is queued before _STOP, or not at all
+            if self._closed:
+                raise Unavailable("the server is shutting down")
+            self._queue.put(_Job(fn, future, loop))
         return await future
 
     def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
@@ -333,7 +337,11 @@ class Store:
                     self._queue.put(_STOP)
                     break
                 batch.append(nxt)
-            self._commit(batch)  # type: ignore[arg-type]
+            try:
+                self._commit(batch)  # type: ignore[arg-type]
+            except Exception:  # a bug here must not leave every later write hanging
+                log.exception("the store writer failed a batch")
+                _fail(batch, Unavailable("the store could not commit the write; it was not applied"))
             busy = not self._queue.empty()
 
     def _commit(self, batch: list[_Job]) -> None:
@@ -349,9 +357,12 @@ class Store:
                 try:
                     result = job.fn(txn)
                     txn.flush()
-                except BaseException as e:  # the job's own failure: undo just this job
+                except Exception as e:  # the job's own failure: undo just this job
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    if isinstance(e, sqlite3.Error):  # disk full, I/O error: not the caller's fault
+                        log.error("write failed in the database: %s", e)
+                        e = Unavailable("the store could not apply the write; it was not applied")
                     outcomes.append((job, None, e))
                     continue
                 conn.execute("RELEASE job")
@@ -362,9 +373,7 @@ class Store:
         except sqlite3.Error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            failure = Unavailable("the store could not commit the write; it was not applied")
-            for job in batch:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, failure)
+            _fail(batch, Unavailable("the store could not commit the write; it was not applied"))
             return
         if changes:
             batch[0].loop.call_soon_threadsafe(self._publish, changes)
@@ -532,12 +541,18 @@ class Store:
         """Stops the writer after the queued writes and closes the database."""
         if self._closed:
             return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._closing:
+            self._closed = True
+            self._queue.put(_STOP)
         self._thread.join()
         self._writer.close()
         for conn in self._all_readers:
             conn.close()
+
+
+def _fail(batch: list[_Job], error: BaseException) -> None:
+    for job in batch:
+        job.loop.call_soon_threadsafe(_settle, job.future, None, error)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
