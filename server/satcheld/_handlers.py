@@ -99,7 +99,7 @@ class Resources:
         obj = self.store.get(kind, namespace, name, with_data=self._may_read_data(kind, namespace))
         if obj is None:
             # Only names that were never valid need checking: stored ones were.
-            _resources.check_key(kind, namespace, name)
+            _resources.check_namespace_and_name(namespace, name)
             raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
         return obj
 
@@ -107,7 +107,7 @@ class Resources:
         namespace = request.namespace
         self.authorize("list", kind, namespace)
         if namespace:
-            _resources.check_key(kind, namespace, "x")
+            _resources.check_namespace_and_name(namespace)
         selector = LabelSelector.parse(request.label_selector)
         limit = page_size(request.page_size)
         query = (kind, namespace, request.label_selector)
@@ -133,7 +133,7 @@ class Resources:
         name = obj.metadata.name
         self.authorize("update", kind, namespace, name)
         field = _resources.FIELD[kind]
-        _resources.check_key(kind, namespace, name, prefix=f"{field}.metadata.")
+        _resources.check_namespace_and_name(namespace, name, prefix=f"{field}.metadata.")
         paths = _resources.mask_paths(kind, obj, mask)
         etag = obj.metadata.etag
 
@@ -160,7 +160,7 @@ class Resources:
         namespace = request.namespace
         self.authorize("watch", kind, namespace)
         if namespace:
-            _resources.check_key(kind, namespace, "x")
+            _resources.check_namespace_and_name(namespace)
         view = View(
             kind,
             namespace,
@@ -172,7 +172,7 @@ class Resources:
     async def delete(self, kind: str, namespace: str, name: str, etag: str) -> None:
         namespace = _resources.namespace_or_default(namespace)
         self.authorize("delete", kind, namespace, name)
-        _resources.check_key(kind, namespace, name)
+        _resources.check_namespace_and_name(namespace, name)
 
         def write(txn: Txn) -> None:
             current = txn.get(kind, namespace, name, with_data=False)

@@ -55,6 +55,3 @@ class LabelSelector:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(r.matches(labels) for r in self.requirements)
-
-    def __bool__(self) -> bool:
-        return bool(self.requirements)

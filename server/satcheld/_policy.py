@@ -6,6 +6,7 @@ and watch views ask it, never the policy file directly.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import yaml
 from ._errors import PermissionDenied
 from ._identity import USER, Principal
 
-VERBS = ("get", "list", "watch", "create", "update", "delete", "rotate", "read-data")
+log = logging.getLogger("satcheld.policy")
 
 
 class PolicyError(Exception):
@@ -38,6 +39,9 @@ class Policy:
         admins = raw.get("admins") or []
         if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
             raise PolicyError(f"policy file {path}: 'admins' must be a list of user names")
+        if raw.get("rules") or raw.get("groups"):
+            # Deny by default holds: ignoring rules can only deny more, never allow.
+            log.warning("policy file %s: 'groups' and 'rules' are not enforced yet; only admins are allowed", path)
         return cls(admins=frozenset(admins))
 
     @staticmethod

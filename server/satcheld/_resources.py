@@ -55,10 +55,12 @@ def namespace_or_default(namespace: str) -> str:
     return namespace or DEFAULT_NAMESPACE
 
 
-def check_key(kind: str, namespace: str, name: str, prefix: str = "") -> None:
+def check_namespace_and_name(namespace: str, name: str | None = None, prefix: str = "") -> None:
+    """For requests that name an object (or, with no `name`, just a namespace)."""
     v = Violations()
     check_namespace(v, f"{prefix}namespace", namespace)
-    check_name(v, f"{prefix}name", name)
+    if name is not None:
+        check_name(v, f"{prefix}name", name)
     v.raise_if_any()
 
 
@@ -154,10 +156,9 @@ def set_data_keys(secret: Secret) -> None:
     )
 
 
-def strip_data(secret: Secret) -> Secret:
+def strip_data(secret: Secret) -> None:
     """The secret as seen by a caller who may not read data: shape, no values."""
     secret.ClearField("data")
-    return secret
 
 
 def mask_paths(kind: str, request_obj: Message, mask: field_mask_pb2.FieldMask) -> list[str]:

@@ -274,7 +274,7 @@ class _Job:
 
 
 class Store:
-    """Objects and history in one SQLite file. Create with `Store.open(path, keyring)`."""
+    """Objects and history in one SQLite file, created and migrated when opened."""
 
     def __init__(self, path: Path, keyring: KeyRing) -> None:
         self.path = Path(path)
