@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +27,7 @@ from google.protobuf.message import Message  # noqa: E402
 
 from satchel._client import Client  # noqa: E402
 from satchel._config import _SOURCES, ClientConfig  # noqa: E402
+from satchel._duration import parse_duration  # noqa: E402
 from satchel._errors import ConflictError, SatchelError  # noqa: E402
 from satchel.v1 import meta_pb2, secret_pb2  # noqa: E402
 
@@ -38,8 +38,6 @@ EXIT_FAILED = 1
 # Read-merge-write of labels and annotations retries this often when the object changes meanwhile.
 _MERGE_ATTEMPTS = 3
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECRET_TYPES = ("opaque", "tls", "basic-auth", "docker-config-json")
 
 
@@ -196,17 +194,12 @@ def _show(kind: _Kind, objects: list[Any], output: str, *, many: bool) -> None:
 # Flag values.
 
 
-def _parse_duration(text: str) -> timedelta:
-    """`90s`, `10m`, `1h30m`, `500ms`, `7d`."""
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 30s, 10m, 1h, 7d)")
-    return timedelta(seconds=total)
+def _duration(text: str) -> timedelta:
+    """`--ttl`'s and `--grace-period`'s type: parse_duration, its message in argparse's error."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _pairs(values: list[str] | None, flag: str, *, removable: bool = False) -> tuple[dict[str, str], list[str]]:
@@ -510,7 +503,7 @@ def _add_kind(sub: Any, kind: _Kind, p: dict[str, argparse.ArgumentParser]) -> N
         )
         rotate.add_argument("name")
         rotate.add_argument(
-            "--grace-period", type=_parse_duration, help="how long the previous version stays valid (e.g. 1h)"
+            "--grace-period", type=_duration, help="how long the previous version stays valid (e.g. 1h)"
         )
         rotate.set_defaults(run=_rotate)
     else:
@@ -544,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--dir", required=True)
     issue.add_argument("kind", choices=("user", "node"))
     issue.add_argument("name")
-    issue.add_argument("--ttl", type=_parse_duration, default=timedelta(hours=24), help="lifetime (default 24h)")
+    issue.add_argument("--ttl", type=_duration, default=timedelta(hours=24), help="lifetime (default 24h)")
     issue.set_defaults(local=_certs_issue)
 
     for kind in KINDS:
