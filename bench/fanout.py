@@ -27,29 +27,18 @@ import pathlib
 import pickle
 import platform
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import grpc
 from google.protobuf import field_mask_pb2
 
+# This script's directory is on sys.path.
+import _harness
+from _harness import DATA, Server, client_seconds, percentile, process_seconds
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
-
-# The helpers of the unary bench (this script's directory is on sys.path).
-from unary import (
-    DATA,
-    Server,
-    _client_seconds,
-    _cpu_plan,
-    _percentile,
-    _pin_threads,
-    _process_seconds,
-    _start,
-)
 
 NAMESPACE = "bench-fanout"
 SECRET = "fanout"
@@ -72,19 +61,20 @@ SETTLE = 1.0  # seconds before reading RSS
 
 
 def echo_server_options() -> list[tuple[str, int]]:
-    """The grpc settings satcheld uses that matter here: a burst of thousands of
-    calls must not be cancelled by grpc's default pending-request limits, and
-    the same keepalive."""
-    return [
-        ("grpc.so_reuseport", 0),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.server.max_pending_requests", 50_000),
-        ("grpc.server.max_pending_requests_hard_limit", 100_000),
+    """satcheld's own grpc settings, of which these matter here: a burst of
+    thousands of calls must not be cancelled by grpc's default pending-request
+    limits, and the same keepalive."""
+    # Imported here: only the echo server's process needs satcheld.
+    from satcheld._server import ServerConfig, server_options
+
+    # server_options reads only the config's extra_options; the paths a
+    # ServerConfig requires are placeholders, never opened.
+    required = [
+        f.name
+        for f in dataclasses.fields(ServerConfig)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
+    return server_options(ServerConfig(**dict.fromkeys(required, pathlib.Path("/nonexistent"))))
 
 
 async def _serve_echo(certs: pathlib.Path) -> None:
@@ -120,20 +110,7 @@ async def _serve_echo(certs: pathlib.Path) -> None:
             )
         ]
     )
-    credentials = grpc.ssl_server_credentials(
-        [((certs / "server.key").read_bytes(), (certs / "server.crt").read_bytes())],
-        root_certificates=(certs / "ca.crt").read_bytes(),
-        require_client_auth=True,
-    )
-    port = server.add_secure_port("127.0.0.1:0", credentials)
-    await server.start()
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(grace=None)
+    await _harness.serve(server, certs)
 
 
 # --- process facts ---
@@ -198,14 +175,6 @@ class Streams:
                 w.call.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(w.channel.close() for w in self.watchers), return_exceptions=True)
-
-
-def _credentials(certs: pathlib.Path) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=(certs / "ca.crt").read_bytes(),
-        private_key=(certs / "admin.key").read_bytes(),
-        certificate_chain=(certs / "admin.crt").read_bytes(),
-    )
 
 
 def _own_channel(address: str, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
@@ -287,7 +256,7 @@ async def _serve_watchers(
     at the next line closes the streams, pickles what each stream received to
     OUT and says `done`. End of input closes the streams and exits."""
     _die_with_parent()
-    streams = await _open(address, method, n, _credentials(certs))
+    streams = await _open(address, method, n, _harness.credentials(certs))
     print(f"ready {streams.setup_seconds:.3f}", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     if line:
@@ -542,8 +511,8 @@ async def _measure(
         server = target.server.process.pid
 
         def cpu() -> tuple[float, float, float]:
-            client = _client_seconds() + sum(map(_process_seconds, clients.pids))
-            return client, _process_seconds(server), time.perf_counter()
+            client = client_seconds() + sum(map(process_seconds, clients.pids))
+            return client, process_seconds(server), time.perf_counter()
 
         cpu0 = cpu()
         start = time.perf_counter() + args.interval
@@ -593,8 +562,8 @@ async def _measure(
         setup_seconds=clients.setup_seconds,
         writes=len(writes),
         pairs=len(latencies),
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
         max_ms=(latencies[-1] if latencies else float("nan")) * 1000,
         missed=sum(missed_by),
         watchers_missing=sum(1 for m in missed_by if m),
@@ -602,7 +571,7 @@ async def _measure(
         duplicates=sum(r[1] for r in records),
         event_size=max((r[3] for r in records), default=0),
         drain_seconds=drain,
-        write_p50_ms=_percentile(write_latencies, 0.50) * 1000,
+        write_p50_ms=percentile(write_latencies, 0.50) * 1000,
         offered=n / args.interval,
         first_ms=first_ms,
         last_ms=last_ms,
@@ -663,7 +632,7 @@ async def _run(
     certs: pathlib.Path,
     workdir: pathlib.Path,
 ) -> tuple[list[Result], list[Memory]]:
-    credentials = _credentials(certs)
+    credentials = _harness.credentials(certs)
     satchel_target = Target("satchel", satchel, WATCH_METHOD)
     echo_target = Target("echo", echo, SUBSCRIBE_METHOD)
     where = {"args": args, "certs": certs, "workdir": workdir}
@@ -791,9 +760,7 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _harness.argument_parser(__doc__)
     parser.add_argument(
         "--streams", default="100,1000", help="comma-separated stream counts for the latency runs"
     )
@@ -805,22 +772,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 50 streams, 3 s, RSS at 200 streams"
     )
-    parser.add_argument(
-        "--no-pin", dest="pin", action="store_false", help="do not put the client on its own CPU"
-    )
-    parser.add_argument(
-        "--satcheld",
-        default=str(pathlib.Path(sys.executable).parent / "satcheld"),
-        help="the satcheld executable (default: beside this Python)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    _harness.add_server_arguments(parser)
     parser.add_argument(
         "--client-procs",
         type=int,
         default=1,
         help="watcher processes to split the streams over (the writer stays in this one)",
     )
-    parser.add_argument("--echo-server", metavar="CERTS", type=pathlib.Path, help=argparse.SUPPRESS)
     parser.add_argument("--watchers", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -846,84 +804,51 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--client-procs must be at least 1")
     if args.interval <= 0 or args.duration <= 0:
         parser.error("--duration and --interval must be positive")
-    if not os.access(args.satcheld, os.X_OK):
-        raise SystemExit(f"no satcheld at {args.satcheld} (install the package or pass --satcheld)")
+    _harness.require_satcheld(args.satcheld)
 
     # A socket per stream here and in the server, plus grpc's own.
     nofile = _raise_nofile(max(*args.streams, args.rss_streams) + 256)
-    server_cpus, client_cpus, placement = _cpu_plan(args.pin)
-    if client_cpus:
-        # Before any thread exists, so grpc's threads inherit it.
-        os.sched_setaffinity(0, client_cpus)
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-"))
-    servers: list[Server] = []
     started = time.perf_counter()
-    try:
-        serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
-        satcheld = _start("satcheld", [args.satcheld, *serve], workdir, server_cpus)
-        servers.append(satcheld)
-        certs = workdir / "certs"
-        echo = _start(
-            "echo",
-            [sys.executable, str(pathlib.Path(__file__).resolve()), "--echo-server", str(certs)],
-            workdir,
-            server_cpus,
-        )
-        servers.append(echo)
-        if server_cpus:
-            for server in servers:
-                _pin_threads(server.process.pid, server_cpus)
-
-        print(
-            f"satchel fan-out bench: grpcio {grpc.__version__}, "
-            f"Python {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs ({placement}); {nofile}; {_load()}"
-        )
-        print(_clients(args.client_procs))
-        print(
-            f"satcheld --dev at {satcheld.address}: WatchSecrets(namespace={NAMESPACE!r}, "
-            f"send_initial), UpdateSecret of one secret every {args.interval * 1000:g} ms for "
-            f"{args.duration:g} s; echo at {echo.address}: Subscribe streams fed by unary "
-            "Publish calls on the same schedule"
-        )
-        print()
+    with _harness.servers(args, __file__) as servers:
+        satcheld, echo = servers.satcheld, servers.echo
         try:
-            results, memory = asyncio.run(_run(args, satcheld, echo, certs, workdir))
-        except grpc.aio.AioRpcError as error:
-            raise SystemExit(f"bench call failed: {_describe(error)}") from None
-        sizes = []
-        for name in ("satchel", "echo"):
-            seen = sorted({r.event_size for r in results if r.target == name and r.event_size})
-            sizes.append(f"{name} {seen[0]}-{seen[-1]} B" if seen else f"{name} none")
-        print(f"(events as received: {', '.join(sizes)}; pairs = events x watchers)")
-        print()
-        print_verdicts(results, memory)
-        for server in servers:
-            if server.process.poll() is not None:
-                code = server.process.returncode
-                print(f"warning: {server.name} exited with code {code} during the bench")
-        print(f"total {time.perf_counter() - started:.0f} s; {_load()}")
-    finally:
-        for pid in WORKER_PIDS:  # only if the run was cut short
+            print(
+                f"satchel fan-out bench: grpcio {grpc.__version__}, "
+                f"Python {platform.python_version()}, "
+                f"{os.cpu_count()} CPUs ({servers.placement}); {nofile}; {_load()}"
+            )
+            print(_clients(args.client_procs))
+            print(
+                f"satcheld --dev at {satcheld.address}: WatchSecrets(namespace={NAMESPACE!r}, "
+                f"send_initial), UpdateSecret of one secret every {args.interval * 1000:g} ms for "
+                f"{args.duration:g} s; echo at {echo.address}: Subscribe streams fed by unary "
+                "Publish calls on the same schedule"
+            )
+            print()
             try:
-                if b"--watchers" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        for server in servers:
-            server.stop()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+                results, memory = asyncio.run(
+                    _run(args, satcheld, echo, servers.certs, servers.workdir)
+                )
+            except grpc.aio.AioRpcError as error:
+                raise SystemExit(f"bench call failed: {_describe(error)}") from None
+            sizes = []
+            for name in ("satchel", "echo"):
+                seen = sorted({r.event_size for r in results if r.target == name and r.event_size})
+                sizes.append(f"{name} {seen[0]}-{seen[-1]} B" if seen else f"{name} none")
+            print(f"(events as received: {', '.join(sizes)}; pairs = events x watchers)")
+            print()
+            print_verdicts(results, memory)
+            servers.warn_exited()
+            print(f"total {time.perf_counter() - started:.0f} s; {_load()}")
+        finally:
+            for pid in WORKER_PIDS:  # only if the run was cut short
+                try:
+                    if b"--watchers" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    _harness.run(main)

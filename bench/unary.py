@@ -16,29 +16,19 @@ import itertools
 import os
 import pathlib
 import platform
-import resource
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 
+# This script's directory is on sys.path.
+import _harness
+from _harness import DATA, Server, client_seconds, percentile, process_seconds
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
 
 ECHO_METHOD = "/satchel.bench.Echo/Echo"
 NAMESPACE = "default"
-# About 100 bytes in three keys, like a small database credential.
-DATA = {
-    "username": b"svc-bench",
-    "password": b"k3Jd9sLq0vXz2mWn8rTy5uBc7hGf4eAp1oIs6lKj",
-    "endpoint": b"postgres://db.internal.example:5432/app?sslmode=verify",
-}
 TARGETS = {"GetSecret": 0.8, "CreateSecret": 0.5}
-STARTUP_TIMEOUT = 60.0
 
 
 # --- the echo server (runs in its own process: `unary.py --echo-server CERTS`) ---
@@ -57,87 +47,7 @@ async def _serve_echo(certs: pathlib.Path) -> None:
             )
         ]
     )
-    credentials = grpc.ssl_server_credentials(
-        [((certs / "server.key").read_bytes(), (certs / "server.crt").read_bytes())],
-        root_certificates=(certs / "ca.crt").read_bytes(),
-        require_client_auth=True,
-    )
-    port = server.add_secure_port("127.0.0.1:0", credentials)
-    await server.start()
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(grace=None)
-
-
-# --- the server processes, seen from the client ---
-
-
-@dataclasses.dataclass
-class Server:
-    """A server subprocess that printed `listening on HOST:PORT`."""
-
-    name: str
-    process: subprocess.Popen[str]
-    log: pathlib.Path
-    address: str = ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _start(name: str, argv: list[str], workdir: pathlib.Path, cpus: set[int] | None) -> Server:
-    """Starts a server writing its output to a log file (not a pipe, so nothing
-    in the client has to drain it) and waits for `listening on HOST:PORT`."""
-    log = workdir / f"{name}.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    server = Server(name, process, log)
-    if cpus:
-        # The child has only just exec'd and has no threads yet; _pin_threads
-        # covers any it started meanwhile.
-        os.sched_setaffinity(process.pid, cpus)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not server.address:
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith("listening on "):
-                server.address = line.removeprefix("listening on ").strip()
-                break
-        else:
-            if process.poll() is not None:
-                problem = f"exited with code {process.returncode} before serving"
-            elif time.monotonic() > deadline:
-                problem = f"did not print `listening on` within {STARTUP_TIMEOUT:.0f} s"
-            else:
-                time.sleep(0.05)
-                continue
-            server.stop()
-            output = log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"{name} {problem}; its output:\n{output}")
-    return server
-
-
-def _pin_threads(pid: int, cpus: set[int]) -> None:
-    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
-        try:
-            os.sched_setaffinity(int(task.name), cpus)
-        except (ProcessLookupError, OSError):
-            pass
+    await _harness.serve(server, certs)
 
 
 # --- the client ---
@@ -152,21 +62,6 @@ class Result:
     calls: int
     client_cpu: float
     server_cpu: float
-
-
-def _percentile(ordered: list[float], fraction: float) -> float:
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
-
-
-def _client_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _process_seconds(pid: int) -> float:
-    # utime and stime, fields 14 and 15 of /proc/PID/stat (after the comm field).
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _measure(
@@ -189,7 +84,7 @@ async def _measure(
     async def sample() -> None:
         for moment in (start, end):
             await asyncio.sleep(moment - time.perf_counter())
-            cpu.append((_client_seconds(), _process_seconds(server_pid)))
+            cpu.append((client_seconds(), process_seconds(server_pid)))
 
     async def worker() -> None:
         while (t0 := time.perf_counter()) < end:
@@ -204,8 +99,8 @@ async def _measure(
     return Result(
         label,
         len(latencies) / duration,
-        _percentile(latencies, 0.50) * 1000,
-        _percentile(latencies, 0.99) * 1000,
+        percentile(latencies, 0.50) * 1000,
+        percentile(latencies, 0.99) * 1000,
         len(latencies),
         (client1 - client0) / duration,
         (server1 - server0) / duration,
@@ -213,12 +108,7 @@ async def _measure(
 
 
 def _channel(address: str, certs: pathlib.Path) -> grpc.aio.Channel:
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(certs / "ca.crt").read_bytes(),
-        private_key=(certs / "admin.key").read_bytes(),
-        certificate_chain=(certs / "admin.crt").read_bytes(),
-    )
-    return grpc.aio.secure_channel(address, credentials)
+    return grpc.aio.secure_channel(address, _harness.credentials(certs))
 
 
 def _secret(name: str) -> secret_pb2.Secret:
@@ -288,71 +178,25 @@ def _report(results: list[Result]) -> None:
         print(f"{rpc}/echo QPS ratio {ratio:.2f} (target >= {target}) {verdict}")
 
 
-def _cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
-    """Puts the client on the last CPU and the servers on the others."""
-    if not pin or not hasattr(os, "sched_setaffinity"):
-        return None, None, "not pinned"
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None, f"not pinned (only CPU {cpus} available)"
-    client, servers = {cpus[-1]}, set(cpus[:-1])
-    return servers, client, f"client on CPU {sorted(client)}, servers on CPU {sorted(servers)}"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _harness.argument_parser(__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
-    parser.add_argument(
-        "--no-pin", dest="pin", action="store_false", help="do not put the client on its own CPU"
-    )
-    parser.add_argument(
-        "--satcheld",
-        default=str(pathlib.Path(sys.executable).parent / "satcheld"),
-        help="the satcheld executable (default: beside this Python)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
-    parser.add_argument("--echo-server", metavar="CERTS", type=pathlib.Path, help=argparse.SUPPRESS)
+    _harness.add_server_arguments(parser)
     args = parser.parse_args(argv)
 
     if args.echo_server:
         asyncio.run(_serve_echo(args.echo_server))
         return 0
 
-    if not os.access(args.satcheld, os.X_OK):
-        raise SystemExit(f"no satcheld at {args.satcheld} (install the package or pass --satcheld)")
-    server_cpus, client_cpus, placement = _cpu_plan(args.pin)
-    if client_cpus:
-        # Before any thread exists, so grpc's threads inherit it.
-        os.sched_setaffinity(0, client_cpus)
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-"))
-    servers: list[Server] = []
-    try:
-        serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
-        satcheld = _start("satcheld", [args.satcheld, *serve], workdir, server_cpus)
-        servers.append(satcheld)
-        certs = workdir / "certs"
-        echo = _start(
-            "echo",
-            [sys.executable, str(pathlib.Path(__file__).resolve()), "--echo-server", str(certs)],
-            workdir,
-            server_cpus,
-        )
-        servers.append(echo)
-        if server_cpus:
-            for server in servers:
-                _pin_threads(server.process.pid, server_cpus)
-
+    _harness.require_satcheld(args.satcheld)
+    with _harness.servers(args, __file__) as servers:
+        satcheld, echo = servers.satcheld, servers.echo
         print(
             f"satchel unary bench: grpcio {grpc.__version__}, Python {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs ({placement}); {args.concurrency} calls in flight from one "
-            f"client process; {args.warmup:g} s warm-up + {args.duration:g} s per run"
+            f"{os.cpu_count()} CPUs ({servers.placement}); {args.concurrency} calls in flight "
+            f"from one client process; {args.warmup:g} s warm-up + {args.duration:g} s per run"
         )
         print(
             f"satcheld --dev at {satcheld.address}, echo at {echo.address}; "
@@ -360,26 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print()
         try:
-            results = asyncio.run(_run(args, satcheld, echo, certs))
+            results = asyncio.run(_run(args, satcheld, echo, servers.certs))
         except grpc.aio.AioRpcError as error:
             raise SystemExit(f"bench call failed: {error.code().name}: {error.details()}") from None
         _report(results)
-        for server in servers:
-            if server.process.poll() is not None:
-                code = server.process.returncode
-                print(f"warning: {server.name} exited with code {code} during the bench")
-    finally:
-        for server in servers:
-            server.stop()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        servers.warn_exited()
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    _harness.run(main)

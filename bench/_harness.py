@@ -1,0 +1,252 @@
+"""What the benches share: the server subprocesses (satcheld --dev and a bare
+grpc.aio echo server on its certificates), CPU placement, CPU time, the
+command-line scaffolding. Imported by bench/unary.py and bench/fanout.py, run
+as scripts, so this directory is on sys.path."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import pathlib
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import NoReturn
+
+import grpc
+
+# About 100 bytes in three keys, like a small database credential.
+DATA = {
+    "username": b"svc-bench",
+    "password": b"k3Jd9sLq0vXz2mWn8rTy5uBc7hGf4eAp1oIs6lKj",
+    "endpoint": b"postgres://db.internal.example:5432/app?sslmode=verify",
+}
+STARTUP_TIMEOUT = 60.0
+
+
+# --- the server processes, seen from the client ---
+
+
+@dataclasses.dataclass
+class Server:
+    """A server subprocess that printed `listening on HOST:PORT`."""
+
+    name: str
+    process: subprocess.Popen[str]
+    log: pathlib.Path
+    address: str = ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(name: str, argv: list[str], workdir: pathlib.Path, cpus: set[int] | None) -> Server:
+    """Starts a server writing its output to a log file (not a pipe, so nothing
+    in the client has to drain it) and waits for `listening on HOST:PORT`."""
+    log = workdir / f"{name}.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    server = Server(name, process, log)
+    if cpus:
+        # The child has only just exec'd and has no threads yet; pin_threads
+        # covers any it started meanwhile.
+        os.sched_setaffinity(process.pid, cpus)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not server.address:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("listening on "):
+                server.address = line.removeprefix("listening on ").strip()
+                break
+        else:
+            if process.poll() is not None:
+                problem = f"exited with code {process.returncode} before serving"
+            elif time.monotonic() > deadline:
+                problem = f"did not print `listening on` within {STARTUP_TIMEOUT:.0f} s"
+            else:
+                time.sleep(0.05)
+                continue
+            server.stop()
+            output = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"{name} {problem}; its output:\n{output}")
+    return server
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, OSError):
+            pass
+
+
+def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
+    """Puts the client on the last CPU and the servers on the others."""
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        return None, None, "not pinned"
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None, f"not pinned (only CPU {cpus} available)"
+    client, servers = {cpus[-1]}, set(cpus[:-1])
+    return servers, client, f"client on CPU {sorted(client)}, servers on CPU {sorted(servers)}"
+
+
+@dataclasses.dataclass
+class Servers:
+    """satcheld --dev and the bench's echo server, both on the certificates in `certs`."""
+
+    satcheld: Server
+    echo: Server
+    certs: pathlib.Path
+    workdir: pathlib.Path
+    placement: str  # where the client and the servers run, for the header
+
+    def warn_exited(self) -> None:
+        for server in (self.satcheld, self.echo):
+            if server.process.poll() is not None:
+                code = server.process.returncode
+                print(f"warning: {server.name} exited with code {code} during the bench")
+
+
+@contextlib.contextmanager
+def servers(args: argparse.Namespace, script: str) -> Iterator[Servers]:
+    """Places this process and the servers on CPUs (`args.pin`), starts
+    `args.satcheld serve --dev` in a fresh data directory and `script
+    --echo-server CERTS` beside it; stops both on the way out and removes the
+    directory unless `args.keep`."""
+    server_cpus, client_cpus, placement = cpu_plan(args.pin)
+    if client_cpus:
+        # Before any thread exists, so grpc's threads inherit it.
+        os.sched_setaffinity(0, client_cpus)
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-"))
+    started: list[Server] = []
+    try:
+        serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
+        satcheld = start("satcheld", [args.satcheld, *serve], workdir, server_cpus)
+        started.append(satcheld)
+        certs = workdir / "certs"
+        echo = start(
+            "echo",
+            [sys.executable, str(pathlib.Path(script).resolve()), "--echo-server", str(certs)],
+            workdir,
+            server_cpus,
+        )
+        started.append(echo)
+        if server_cpus:
+            for server in started:
+                pin_threads(server.process.pid, server_cpus)
+        yield Servers(satcheld, echo, certs, workdir, placement)
+    finally:
+        for server in started:
+            server.stop()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- an echo server's process (`SCRIPT --echo-server CERTS`) ---
+
+
+async def serve(server: grpc.aio.Server, certs: pathlib.Path) -> None:
+    """Serves on 127.0.0.1 with satcheld's certificates, client certificates
+    required; says `listening on HOST:PORT`; stops at SIGTERM or SIGINT."""
+    credentials = grpc.ssl_server_credentials(
+        [((certs / "server.key").read_bytes(), (certs / "server.crt").read_bytes())],
+        root_certificates=(certs / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(grace=None)
+
+
+# --- the client ---
+
+
+def credentials(certs: pathlib.Path) -> grpc.ChannelCredentials:
+    """The admin certificate, for both servers."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.crt").read_bytes(),
+        private_key=(certs / "admin.key").read_bytes(),
+        certificate_chain=(certs / "admin.crt").read_bytes(),
+    )
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def client_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_seconds(pid: int) -> float:
+    # utime and stime, fields 14 and 15 of /proc/PID/stat (after the comm field).
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- main() ---
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """--no-pin, --satcheld, --keep, and the hidden --echo-server CERTS."""
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not put the client on its own CPU"
+    )
+    parser.add_argument(
+        "--satcheld",
+        default=str(pathlib.Path(sys.executable).parent / "satcheld"),
+        help="the satcheld executable (default: beside this Python)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    parser.add_argument("--echo-server", metavar="CERTS", type=pathlib.Path, help=argparse.SUPPRESS)
+
+
+def require_satcheld(path: str) -> None:
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"no satcheld at {path} (install the package or pass --satcheld)")
+
+
+def run(main: Callable[[], int]) -> NoReturn:
+    """The script's entry point: its exit code; 130 after Ctrl-C."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
