@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import shlex
 import signal
 import sys
@@ -17,12 +16,11 @@ from pathlib import Path
 # GRPC_VERBOSITY=debug (or info) brings them back. Set before grpc loads.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+from satchel._duration import parse_duration  # noqa: E402
+
 from ._keyring import KeyRing  # noqa: E402
 from ._policy import Policy  # noqa: E402
 from ._server import ConfigError, Server, ServerConfig  # noqa: E402
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Flags naming files, and what each file is (for one-line errors).
 _FILE_FLAGS = {
@@ -37,17 +35,11 @@ _FILE_FLAGS = {
 }
 
 
-def parse_duration(text: str) -> timedelta:
-    """`90s`, `10m`, `1h30m`, `500ms`."""
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 500ms, 10s, 5m, 1h)")
-    return timedelta(seconds=total)
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -61,7 +53,7 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_duration(text: str) -> timedelta:
-    value = parse_duration(text)
+    value = _duration(text)
     if value <= timedelta(0):
         raise argparse.ArgumentTypeError(f"expected a duration above 0, not {text!r}")
     return value
@@ -82,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=_env(flag))
     serve.add_argument("--trust-domain", default=_env("trust_domain", "satchel.local"))
     serve.add_argument("--audit-log", default=_env("audit_log"))
-    serve.add_argument("--history-age", type=parse_duration, default=_env("history_age", "1h"))
+    serve.add_argument("--history-age", type=_duration, default=_env("history_age", "1h"))
     serve.add_argument("--history-events", type=_positive_int, default=_env("history_events", "100000"))
     serve.add_argument("--bookmark-interval", type=_positive_duration, default=_env("bookmark_interval", "10s"))
     return parser

@@ -20,14 +20,13 @@ from satchel.v1 import (
 
 from . import _guard, _resources
 from ._errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, Unimplemented
-from ._kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
+from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS
 from ._labels import LabelSelector
 from ._paging import MAX_PAGE_BYTES, PageTokens, page_size
 from ._policy import Authorizer
 from ._store import Store, Txn
 from ._watch import View, WatchHub
 
-_SINGULAR = {SERVICE_ACCOUNTS: "service account", SECRETS: "secret", WORKLOADS: "workload"}
 
 
 class Resources:
@@ -71,7 +70,7 @@ class Resources:
         def write(txn: Txn) -> Message:
             meta = obj.metadata
             if txn.get(kind, meta.namespace, meta.name) is not None:
-                raise AlreadyExists(f"{_SINGULAR[kind]} {meta.namespace}/{meta.name} already exists")
+                raise AlreadyExists(f"{KINDS[kind].noun} {meta.namespace}/{meta.name} already exists")
             if kind == WORKLOADS:
                 self._ensure_service_account(txn, obj)
             return txn.put(obj)
@@ -100,7 +99,7 @@ class Resources:
         if obj is None:
             # Only names that were never valid need checking: stored ones were.
             _resources.check_namespace_and_name(namespace, name)
-            raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
+            raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
         return obj
 
     def list(self, kind: str, request: Message) -> tuple[list[Message], str, int]:
@@ -132,7 +131,7 @@ class Resources:
         namespace = _resources.namespace_or_default(obj.metadata.namespace)
         name = obj.metadata.name
         self.authorize("update", kind, namespace, name)
-        field = _resources.FIELD[kind]
+        field = KINDS[kind].field
         _resources.check_namespace_and_name(namespace, name, prefix=f"{field}.metadata.")
         paths = _resources.mask_paths(kind, obj, mask)
         etag = obj.metadata.etag
@@ -140,9 +139,9 @@ class Resources:
         def write(txn: Txn) -> Message:
             current = txn.get(kind, namespace, name)
             if current is None:
-                raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
+                raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
             if etag and etag != current.metadata.etag:
-                raise Conflict(f"{_SINGULAR[kind]} {namespace}/{name} has changed since etag {etag!r} was read")
+                raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {etag!r} was read")
             updated = _resources.apply_mask(current, obj, paths)
             _resources.prepare_update(current, updated)
             if kind == WORKLOADS and updated.service_account != current.service_account:
@@ -177,9 +176,9 @@ class Resources:
         def write(txn: Txn) -> None:
             current = txn.get(kind, namespace, name, with_data=False)
             if current is None:
-                raise NotFound(f"{_SINGULAR[kind]} {namespace}/{name} not found")
+                raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
             if etag and etag != current.metadata.etag:
-                raise Conflict(f"{_SINGULAR[kind]} {namespace}/{name} has changed since etag {etag!r} was read")
+                raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {etag!r} was read")
             txn.delete(kind, namespace, name)
 
         await self.store.write(write)

@@ -28,12 +28,6 @@ DEFAULT_NAMESPACE = "default"
 MAX_DURATION_SECONDS = 315_576_000_000
 DEFAULT_SERVICE_ACCOUNT = "default"
 
-# The request field that carries each kind, for error field paths.
-FIELD = {
-    _kinds.SERVICE_ACCOUNTS: "service_account",
-    _kinds.SECRETS: "secret",
-    _kinds.WORKLOADS: "workload",
-}
 
 _META_PATHS = ("metadata.labels", "metadata.annotations")
 # The paths an update mask may name, per kind; `*` means all of them.
@@ -84,7 +78,7 @@ def clear_output_only(obj: Message) -> None:
 def validate(obj: Message) -> None:
     """Raises InvalidArgument naming every bad field of `obj`."""
     kind = _kinds.kind_of(obj)
-    f = FIELD[kind]
+    f = _kinds.KINDS[kind].field
     v = Violations()
     meta = obj.metadata
     check_namespace(v, f"{f}.metadata.namespace", meta.namespace)
@@ -163,7 +157,7 @@ def strip_data(secret: Secret) -> None:
 
 def mask_paths(kind: str, request_obj: Message, mask: field_mask_pb2.FieldMask) -> list[str]:
     """The update paths a request names, checked against what may change."""
-    field = FIELD[kind]
+    field = _kinds.KINDS[kind].field
     allowed = MUTABLE_PATHS[kind]
     if not mask.paths:
         return [p for p in _WILDCARD_PATHS[kind] if _is_set(request_obj, p)]

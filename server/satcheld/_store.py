@@ -149,7 +149,7 @@ class _Codec:
         return obj.SerializeToString(), None
 
     def decode(self, kind: str, body: bytes, sealed: bytes | None, with_data: bool = True) -> Message:
-        obj = _kinds.MESSAGES[kind].FromString(body)
+        obj = _kinds.KINDS[kind].message.FromString(body)
         if sealed is not None and with_data:
             try:
                 payload = self.keyring.open(sealed, uid=obj.metadata.uid, version=obj.version)
@@ -483,7 +483,7 @@ class Store:
             ).fetchall()
         finally:
             conn.execute("COMMIT")
-        message = _kinds.MESSAGES[kind]
+        message = _kinds.KINDS[kind].message
         changes = []
         for revision, event_type, body, sealed, prev in rows:
             change = Change(

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
+from satchel.v1 import meta_pb2, secret_pb2
 
-from . import _resources
 from ._errors import InvalidArgument, OutOfRange, ResourceExhausted, SatchelError, Unavailable
-from ._kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
+from ._kinds import KINDS
 from ._labels import LabelSelector
 from ._store import Change, Store
 
@@ -34,11 +33,6 @@ DELETED = meta_pb2.EVENT_TYPE_DELETED
 BOOKMARK = meta_pb2.EVENT_TYPE_BOOKMARK
 SYNCED = meta_pb2.EVENT_TYPE_SYNCED
 
-RESPONSES: dict[str, type[Message]] = {
-    SERVICE_ACCOUNTS: service_account_pb2.WatchServiceAccountsResponse,
-    SECRETS: secret_pb2.WatchSecretsResponse,
-    WORKLOADS: workload_pb2.WatchWorkloadsResponse,
-}
 
 _HISTORY_CHUNK = 1000
 
@@ -71,9 +65,10 @@ class View:
 
 
 def encode(view: View, event_type: int, revision: int, obj: Message | None = None) -> bytes:
-    response = RESPONSES[view.kind](type=event_type, revision=revision)
+    kind = KINDS[view.kind]
+    response = kind.watch_response(type=event_type, revision=revision)
     if obj is not None:
-        target = getattr(response, _resources.FIELD[view.kind])
+        target = getattr(response, kind.field)
         target.CopyFrom(obj)
         if not view.with_data and isinstance(target, secret_pb2.Secret):
             target.ClearField("data")
@@ -157,7 +152,7 @@ class WatchHub:
         self.bookmark_interval = bookmark_interval
         self._limits = (buffer_events, buffer_bytes)
         # kind -> view -> subscriptions with that view
-        self._groups: dict[str, dict[View, set[Subscription]]] = {k: {} for k in RESPONSES}
+        self._groups: dict[str, dict[View, set[Subscription]]] = {k: {} for k in KINDS}
         self._closed: SatchelError | None = None
         store.add_listener(self.publish)
 
