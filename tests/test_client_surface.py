@@ -684,7 +684,7 @@ async def test_async_watch_aclose_from_another_task_cancels_the_call(fake, aclie
 def test_backoff_doubles_with_full_jitter_up_to_the_cap_and_resets(monkeypatch):
     monkeypatch.setattr(_client, "BACKOFF_BASE", 0.1)
     monkeypatch.setattr(_client.random, "uniform", lambda low, high: (low, high))
-    resume = _client._Resume(secret_pb2.WatchSecretsRequest())
+    resume = _client._Resume(secret_pb2.WatchSecretsRequest(since_revision=5))
     unavailable = satchel.UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE)
 
     bounds = [resume.broken(unavailable) for _ in range(10)]
@@ -692,3 +692,19 @@ def test_backoff_doubles_with_full_jitter_up_to_the_cap_and_resets(monkeypatch):
     assert bounds[-1] == (0, 10.0)
     resume.received(watch_event(BOOKMARK, 3))
     assert resume.broken(unavailable) == (0, 0.1)
+
+
+def test_a_listing_that_keeps_breaking_keeps_backing_off(monkeypatch):
+    """ADDED events of a listing that breaks before SYNCED must not reset the backoff,
+    or a failing relist would fetch the whole listing again every 0.1 s."""
+    monkeypatch.setattr(_client, "BACKOFF_BASE", 0.1)
+    monkeypatch.setattr(_client.random, "uniform", lambda low, high: (low, high))
+    resume = _client._Resume(secret_pb2.WatchSecretsRequest(send_initial=True))
+    unavailable = satchel.UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE)
+
+    for attempt in range(4):
+        resume.received(watch_event(ADDED, 3))
+        assert resume.broken(unavailable) == (0, 0.1 * 2**attempt)
+    resume.received(watch_event(ADDED, 3))
+    resume.received(watch_event(SYNCED, 3))
+    assert resume.broken(unavailable) == (0, 0.1), "a completed listing resets the backoff"

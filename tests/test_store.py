@@ -299,3 +299,17 @@ async def test_writes_after_close_are_refused(store) -> None:
     await asyncio.to_thread(store.close)
     with pytest.raises(Unavailable):
         await store.write(lambda txn: txn.put(SECRETS.make("late")))
+
+
+async def test_compaction_keeps_the_configured_age_and_count(store) -> None:
+    for i in range(10):
+        await store.write(lambda txn, i=i: txn.put(SECRETS.make(f"s{i}", namespace="default")))
+    # Recent events stay, however few are asked for: both limits must be passed to forget.
+    assert await store.compact(keep_seconds=3600, keep_events=1) == 0
+    assert len(store.history("secrets", 0, 10, lambda c: True, False)[1]) == 10
+    # Old enough, but within the count: they stay too.
+    assert await store.compact(keep_seconds=0, keep_events=10) == 0
+    # Old and beyond the newest 4: forgotten, and the compact revision says so.
+    assert await store.compact(keep_seconds=0, keep_events=4) == 6
+    compact, kept = store.history("secrets", 0, 10, lambda c: True, False)
+    assert compact == 6 and [c.revision for c in kept] == [7, 8, 9, 10]

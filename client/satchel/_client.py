@@ -700,11 +700,12 @@ class _Resume:
 
     def received(self, event: Any) -> bool:
         """Records an event about to be yielded; True if it begins a relisting."""
-        self._attempt = 0
         if event.revision:
             self.revision = event.revision
         if event.type == EventType.EVENT_TYPE_SYNCED:
             self._listing = False
+        if not self._listing:  # a listing that keeps breaking must not retry at full speed
+            self._attempt = 0
         # A listing the caller did not ask for (compaction, or a listing that broke and restarts).
         relisting = self._listing_started and (self._yielded or not self._request.send_initial)
         self._listing_started = False
