@@ -47,15 +47,16 @@ class Pki:
         return Identity(Path(crt), Path(key))
 
 
-def _write_unusual_cert(dir: Path, stem: str, uri: str | None) -> Identity:
-    """A client certificate from our CA without a usable SPIFFE ID."""
+def mint(dir: Path, stem: str, common_name: str, sans: list[x509.GeneralName]) -> Identity:
+    """A client certificate signed by the CA in `dir` with exactly this subject and
+    these SANs, for identities `satchelctl certs issue` would never make."""
     ca_cert = x509.load_pem_x509_certificate((dir / "ca.crt").read_bytes())
     ca_key = serialization.load_pem_private_key((dir / "ca.key").read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -63,16 +64,15 @@ def _write_unusual_cert(dir: Path, stem: str, uri: str | None) -> Identity:
         .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     )
-    if uri:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
-        )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    (dir / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (dir / f"{stem}.key").write_bytes(
+    crt, pem_key = dir / f"{stem}.crt", dir / f"{stem}.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem_key.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
-    return Identity(dir / f"{stem}.crt", dir / f"{stem}.key")
+    return Identity(crt, pem_key)
 
 
 @pytest.fixture(scope="session")
@@ -93,8 +93,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         alice=issued("user", "alice"),
         node=issued("node", "n1"),
         foreign=Identity(other / "admin.crt", other / "admin.key"),
-        no_spiffe=_write_unusual_cert(d, "no-spiffe", None),
-        other_domain=_write_unusual_cert(d, "other-domain", "spiffe://elsewhere.example/user/admin"),
+        no_spiffe=mint(d, "no-spiffe", "no-spiffe", []),
+        other_domain=mint(
+            d, "other-domain", "other-domain", [x509.UniformResourceIdentifier("spiffe://elsewhere.example/user/admin")]
+        ),
     )
 
 

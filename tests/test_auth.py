@@ -14,11 +14,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from conftest import Identity
+from conftest import mint
 from failures import failure
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
 from satchel.v1 import secret_pb2
@@ -66,33 +63,6 @@ async def test_certificate_without_our_spiffe_id_is_unauthenticated(connect, pki
     assert (await SECRETS.api(admin).get("there")).metadata.name == "there"
 
 
-def _mint(pki, stem: str, common_name: str, sans: list[x509.GeneralName]) -> Identity:
-    """A client certificate signed by our CA with exactly this subject and these SANs."""
-    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
-    ca_key = serialization.load_pem_private_key((pki.dir / "ca.key").read_bytes(), None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    crt, pem_key = pki.dir / f"{stem}.crt", pki.dir / f"{stem}.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return Identity(crt, pem_key)
-
-
 ADMIN_ID = "spiffe://satchel.local/user/admin"
 NOT_A_URI_SAN = {
     "common-name-only": (ADMIN_ID, []),
@@ -107,14 +77,14 @@ async def test_the_principal_comes_only_from_one_uri_san(connect, pki, case: str
     """A SPIFFE ID counts only as the certificate's one URI SAN (X.509-SVID):
     the same text in the subject or in a DNS or email SAN names nobody."""
     common_name, sans = NOT_A_URI_SAN[case]
-    stubs = connect(_mint(pki, case, common_name, sans))
+    stubs = connect(mint(pki.dir, case, common_name, sans))
 
     f = await failure(SECRETS.api(stubs).list(), Code.UNAUTHENTICATED)
     assert f.info.reason == "NO_SPIFFE_ID"
 
 
 async def test_a_uri_san_beside_other_sans_names_the_principal(connect, pki) -> None:
-    identity = _mint(pki, "mixed-sans", "whatever", [x509.DNSName("host.example"), x509.UniformResourceIdentifier(ADMIN_ID)])
+    identity = mint(pki.dir, "mixed-sans", "whatever", [x509.DNSName("host.example"), x509.UniformResourceIdentifier(ADMIN_ID)])
     await SECRETS.api(connect(identity)).list()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
 
