@@ -162,7 +162,6 @@ class Guard:
             return handler._replace(unary_unary=unary_unary, request_deserializer=None)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
-            serialize = handler.response_serializer
 
             async def unary_stream(raw: bytes, context: aio.ServicerContext) -> Any:
                 metadata = context.invocation_metadata()
@@ -178,13 +177,9 @@ class Guard:
                 finally:
                     audit.write(req, code)
 
-            def passthrough(message: Any) -> bytes:
-                # Watch handlers yield events already serialized once per view.
-                return message if isinstance(message, bytes) else serialize(message)
-
-            return handler._replace(
-                unary_stream=unary_stream, request_deserializer=None, response_serializer=passthrough
-            )
+            # Streaming handlers (the Watch RPCs) yield events the watch hub has already
+            # serialized, once per view, so grpc sends their bytes as they are.
+            return handler._replace(unary_stream=unary_stream, request_deserializer=None, response_serializer=None)
         raise TypeError(f"{method}: only unary and server-streaming methods are guarded")
 
 
