@@ -153,6 +153,17 @@ class Stubs:
     workloads: workload_pb2_grpc.WorkloadServiceStub
     tokens: token_pb2_grpc.TokenServiceStub
 
+    @classmethod
+    def over(cls, ch: grpc.aio.Channel) -> Stubs:
+        """Every service's stub on one channel."""
+        return cls(
+            ch,
+            service_account_pb2_grpc.ServiceAccountServiceStub(ch),
+            secret_pb2_grpc.SecretServiceStub(ch),
+            workload_pb2_grpc.WorkloadServiceStub(ch),
+            token_pb2_grpc.TokenServiceStub(ch),
+        )
+
 
 @pytest.fixture
 async def connect(server: Server, pki: Pki) -> AsyncIterator[Callable[[Identity | None], Stubs]]:
@@ -162,13 +173,7 @@ async def connect(server: Server, pki: Pki) -> AsyncIterator[Callable[[Identity 
     def open_stubs(identity: Identity | None) -> Stubs:
         ch = secure_channel(server.address, pki, identity)
         channels.append(ch)
-        return Stubs(
-            ch,
-            service_account_pb2_grpc.ServiceAccountServiceStub(ch),
-            secret_pb2_grpc.SecretServiceStub(ch),
-            workload_pb2_grpc.WorkloadServiceStub(ch),
-            token_pb2_grpc.TokenServiceStub(ch),
-        )
+        return Stubs.over(ch)
 
     yield open_stubs
     for ch in channels:

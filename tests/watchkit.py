@@ -22,8 +22,7 @@ from google.protobuf.message import Message
 from conftest import Identity, Pki, Stubs, make_config, secure_channel
 from failures import Failure, digest, parse
 from kinds import Kind
-from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
-from satchel.v1 import secret_pb2_grpc
+from satchel.v1 import meta_pb2, secret_pb2
 from satcheld._server import Server
 
 WAIT = 10.0  # seconds: the bound for anything that should happen at once
@@ -79,13 +78,7 @@ class Channels:
         else:
             ch = secure_channel(address, self._pki, identity)
         self._channels.append(ch)
-        return Stubs(
-            ch,
-            service_account_pb2_grpc.ServiceAccountServiceStub(ch),
-            secret_pb2_grpc.SecretServiceStub(ch),
-            workload_pb2_grpc.WorkloadServiceStub(ch),
-            token_pb2_grpc.TokenServiceStub(ch),
-        )
+        return Stubs.over(ch)
 
     async def close(self) -> None:
         for ch in self._channels:
