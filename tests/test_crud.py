@@ -144,6 +144,37 @@ async def test_delete_and_recreate_gets_a_new_uid(admin, kind: Kind) -> None:
     assert second.metadata.etag != first.metadata.etag
 
 
+@each_kind
+async def test_get_after_every_change_shows_that_change(admin, kind: Kind) -> None:
+    """Gets are answered from cached responses: each commit must drop the ones it replaced."""
+    api = kind.api(admin)
+    created = await api.create(kind.make("cached", labels={"v": "1"}))
+    assert await api.get("cached") == created
+
+    relabeled = await api.update(kind.make("cached", labels={"v": "2"}), ["metadata.labels"])
+    assert await api.get("cached") == relabeled
+
+    await api.delete("cached")
+    await failure(api.get("cached"), Code.NOT_FOUND)
+
+    recreated = await api.create(kind.make("cached", labels={"v": "3"}))
+    got = await api.get("cached")
+    assert got == recreated
+    assert got.metadata.uid != created.metadata.uid
+
+
+async def test_get_after_a_data_change_shows_the_new_data(admin) -> None:
+    api = SECRETS.api(admin)
+    await api.create(SECRETS.make("rotating", data={"key": b"first-value"}))
+    assert dict((await api.get("rotating")).data) == hashed({"key": b"first-value"})
+
+    await api.update(SECRETS.make("rotating", data={"key": b"second-value"}), ["data"])
+
+    again = await api.get("rotating")
+    assert dict(again.data) == hashed({"key": b"second-value"})
+    assert again.version == 2
+
+
 async def test_revision_is_global_strictly_increasing_and_listed(admin) -> None:
     seen = []
     for i, kind in enumerate(ALL * 2):

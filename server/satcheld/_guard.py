@@ -159,7 +159,12 @@ class Guard:
                 finally:
                     audit.write(req, code)
 
-            return handler._replace(unary_unary=unary_unary, request_deserializer=None)
+            # Handlers may answer with bytes serialized earlier (Get responses are cached).
+            return handler._replace(
+                unary_unary=unary_unary,
+                request_deserializer=None,
+                response_serializer=_serializer(handler.response_serializer),
+            )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
@@ -181,6 +186,13 @@ class Guard:
             # serialized, once per view, so grpc sends their bytes as they are.
             return handler._replace(unary_stream=unary_stream, request_deserializer=None, response_serializer=None)
         raise TypeError(f"{method}: only unary and server-streaming methods are guarded")
+
+
+def _serializer(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    def serialize_unless_bytes(response: Any) -> bytes:
+        return response if response.__class__ is bytes else serialize(response)
+
+    return serialize_unless_bytes
 
 
 def _parser(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:

@@ -24,6 +24,7 @@ from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS
 from ._labels import LabelSelector
 from ._paging import MAX_PAGE_BYTES, PageTokens, page_size
 from ._policy import Authorizer
+from ._responses import ResponseCache
 from ._store import Store, Txn
 from ._watch import View, WatchHub
 
@@ -40,6 +41,8 @@ class Resources:
         self.authorizer = authorizer
         self._page_tokens = page_tokens
         self.trust_domain = trust_domain
+        self._responses = ResponseCache()
+        store.add_listener(self._responses.forget)
 
     def authorize(self, verb: str, kind: str, namespace: str, name: str = "") -> None:
         """Checks permission before anything else, and notes it for the audit record."""
@@ -92,15 +95,22 @@ class Resources:
         _resources.prepare_create(account, trust_domain=self.trust_domain)
         txn.put(account)
 
-    def get(self, kind: str, namespace: str, name: str) -> Message:
+    def get(self, kind: str, namespace: str, name: str) -> bytes:
+        """The serialized Get response for one object, as this caller may see it."""
         namespace = _resources.namespace_or_default(namespace)
         self.authorize("get", kind, namespace, name)
-        obj = self.store.get(kind, namespace, name, with_data=self._may_read_data(kind, namespace))
-        if obj is None:
-            # Only names that were never valid need checking: stored ones were.
-            _resources.check_namespace_and_name(namespace, name)
-            raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
-        return obj
+        with_data = self._may_read_data(kind, namespace)
+
+        def build() -> bytes:
+            obj = self.store.get(kind, namespace, name, with_data=with_data)
+            if obj is None:
+                # Only names that were never valid need checking: stored ones were.
+                _resources.check_namespace_and_name(namespace, name)
+                raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
+            k = KINDS[kind]
+            return k.get_response(**{k.field: obj}).SerializeToString()
+
+        return self._responses.get((kind, namespace, name, with_data), build)
 
     def list(self, kind: str, request: Message) -> tuple[list[Message], str, int]:
         namespace = request.namespace
@@ -197,8 +207,7 @@ class ServiceAccountService(service_account_pb2_grpc.ServiceAccountServiceServic
         return service_account_pb2.CreateServiceAccountResponse(service_account=sa)
 
     async def GetServiceAccount(self, request, context):
-        sa = self._r.get(SERVICE_ACCOUNTS, request.namespace, request.name)
-        return service_account_pb2.GetServiceAccountResponse(service_account=sa)
+        return self._r.get(SERVICE_ACCOUNTS, request.namespace, request.name)
 
     async def ListServiceAccounts(self, request, context):
         items, token, revision = self._r.list(SERVICE_ACCOUNTS, request)
@@ -229,7 +238,7 @@ class SecretService(secret_pb2_grpc.SecretServiceServicer):
         return secret_pb2.CreateSecretResponse(secret=await self._r.create(SECRETS, request.secret))
 
     async def GetSecret(self, request, context):
-        return secret_pb2.GetSecretResponse(secret=self._r.get(SECRETS, request.namespace, request.name))
+        return self._r.get(SECRETS, request.namespace, request.name)
 
     async def ListSecrets(self, request, context):
         items, token, revision = self._r.list(SECRETS, request)
@@ -258,7 +267,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         return workload_pb2.CreateWorkloadResponse(workload=await self._r.create(WORKLOADS, request.workload))
 
     async def GetWorkload(self, request, context):
-        return workload_pb2.GetWorkloadResponse(workload=self._r.get(WORKLOADS, request.namespace, request.name))
+        return self._r.get(WORKLOADS, request.namespace, request.name)
 
     async def ListWorkloads(self, request, context):
         items, token, revision = self._r.list(WORKLOADS, request)

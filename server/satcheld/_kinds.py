@@ -20,6 +20,7 @@ class Kind:
     field: str  # the request and watch-event field that carries one object
     noun: str  # for messages to callers
     watch_response: type[Message]
+    get_response: type[Message]
 
 
 KINDS: dict[str, Kind] = {
@@ -31,9 +32,24 @@ KINDS: dict[str, Kind] = {
             "service_account",
             "service account",
             service_account_pb2.WatchServiceAccountsResponse,
+            service_account_pb2.GetServiceAccountResponse,
         ),
-        Kind(SECRETS, secret_pb2.Secret, "secret", "secret", secret_pb2.WatchSecretsResponse),
-        Kind(WORKLOADS, workload_pb2.Workload, "workload", "workload", workload_pb2.WatchWorkloadsResponse),
+        Kind(
+            SECRETS,
+            secret_pb2.Secret,
+            "secret",
+            "secret",
+            secret_pb2.WatchSecretsResponse,
+            secret_pb2.GetSecretResponse,
+        ),
+        Kind(
+            WORKLOADS,
+            workload_pb2.Workload,
+            "workload",
+            "workload",
+            workload_pb2.WatchWorkloadsResponse,
+            workload_pb2.GetWorkloadResponse,
+        ),
     )
 }
 

@@ -39,7 +39,6 @@ log = logging.getLogger("satcheld.store")
 
 _BATCH = 256
 _GROUP_COMMIT_WINDOW = 0.001  # seconds
-_ROW_CACHE = 10_000  # rows kept for reads by name
 _STOP = object()
 
 
@@ -288,7 +287,6 @@ class Store:
         self._revision = self._committed_revision(writer)
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._listeners: list[Callable[[list[Change]], None]] = []
-        self._rows: dict[tuple[str, str, str], tuple[bytes, bytes | None]] = {}
         self._closed = False
         self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="satchel-store-writer", daemon=True)
@@ -384,9 +382,6 @@ class Store:
 
     def _publish(self, changes: list[Change]) -> None:
         self._revision = changes[-1].revision
-        for change in changes:
-            meta = change.obj.metadata
-            self._rows.pop((change.kind, meta.namespace, meta.name), None)
         for listener in self._listeners:
             listener(changes)
 
@@ -401,21 +396,11 @@ class Store:
         return conn
 
     def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
-        """One object, from a cache of stored rows (sealed data stays sealed in it).
-        Call on the event loop: a row cached before a commit is dropped when that
-        commit is published there, so the cache never serves a replaced row."""
-        key = (kind, namespace, name)
-        row = self._rows.get(key)
-        if row is None:
-            row = self._reader().execute(
-                "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?", key
-            ).fetchone()
-            if row is None:
-                return None
-            if len(self._rows) >= _ROW_CACHE:
-                self._rows.clear()
-            self._rows[key] = row
-        return self._codec.decode(kind, row[0], row[1], with_data)
+        """One object as last committed, or None."""
+        row = self._reader().execute(
+            "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name)
+        ).fetchone()
+        return None if row is None else self._codec.decode(kind, row[0], row[1], with_data)
 
     def list(
         self,
