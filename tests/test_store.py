@@ -9,6 +9,7 @@ import base64
 import secrets
 import sqlite3
 import stat
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, hashed
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
 from satcheld._keyring import KeyFileError, KeyRing
 from satcheld._server import Server
-from satcheld._errors import Unavailable
+from satcheld._errors import AlreadyExists, Unavailable
 from satcheld._store import MIGRATIONS, Store
 
 Code = grpc.StatusCode
@@ -286,13 +287,63 @@ async def store(tmp_path) -> AsyncIterator[Store]:
 async def test_a_database_error_in_a_write_is_unavailable_and_the_writer_goes_on(store) -> None:
     def broken(txn):
         txn.put(SECRETS.make("never", namespace="default"))
-        txn._conn.execute("INSERT INTO no_such_table VALUES (1)")
+        txn.conn.execute("INSERT INTO no_such_table VALUES (1)")
 
     with pytest.raises(Unavailable):
         await store.write(broken)
     assert store.get("secrets", "default", "never") is None, "the failed write left nothing behind"
     stored = await store.write(lambda txn: txn.put(SECRETS.make("after")))
     assert stored.metadata.resource_version == 1, "the failed write took no revision"
+
+
+async def test_writes_in_one_batch_see_the_writes_before_them_and_never_a_failed_ones(store) -> None:
+    batches: list[list[tuple[int, str]]] = []
+    store.add_listener(lambda changes: batches.append([(c.type, c.obj.metadata.name) for c in changes]))
+    started, release = threading.Event(), threading.Event()
+
+    def hold(txn):
+        started.set()
+        release.wait(30)
+
+    def fail_after_writing(txn):
+        txn.put(SECRETS.make("ghost", namespace="default"))
+        raise AlreadyExists("refused after writing")
+
+    def relabel(txn):
+        current = txn.get("secrets", "default", "first")
+        current.metadata.labels["seen"] = "yes"
+        return txn.put(current)
+
+    held = asyncio.ensure_future(store.write(hold))
+    await asyncio.to_thread(started.wait, 30)  # the writer is busy: what follows queues up
+    writes = [
+        asyncio.ensure_future(store.write(fn))
+        for fn in (
+            lambda txn: txn.put(SECRETS.make("first", namespace="default")),
+            fail_after_writing,
+            relabel,
+            lambda txn: txn.delete("secrets", "default", "first"),
+            lambda txn: txn.get("secrets", "default", "ghost"),
+        )
+    ]
+    await asyncio.sleep(0)  # one loop turn: each write task runs up to its queued job
+    assert store._queue.qsize() == len(writes)
+    release.set()
+    await held
+    created, failed, relabeled, deleted, ghost = await asyncio.gather(*writes, return_exceptions=True)
+
+    assert isinstance(failed, AlreadyExists)
+    assert relabeled.metadata.labels["seen"] == "yes"
+    assert relabeled.metadata.uid == created.metadata.uid
+    assert deleted.metadata.uid == created.metadata.uid
+    assert ghost is None, "a failed job's writes are seen by no one"
+    Type = meta_pb2.EventType
+    assert batches == [
+        [(Type.EVENT_TYPE_ADDED, "first"), (Type.EVENT_TYPE_MODIFIED, "first"), (Type.EVENT_TYPE_DELETED, "first")]
+    ], "one batch, in order, without the failed write"
+    assert [created.metadata.resource_version, relabeled.metadata.resource_version, deleted.metadata.resource_version] == [1, 2, 3]
+    assert store.get("secrets", "default", "first") is None
+    assert store.get("secrets", "default", "ghost") is None
 
 
 async def test_writes_after_close_are_refused(store) -> None:

@@ -2,9 +2,10 @@
 
 One writer thread owns the write connection and commits batches of queued
 write functions in one transaction (group commit: one fsync for many writes),
-each function in its own savepoint and with its own revision. Reads use a
-separate connection and never block the writer (WAL). Secret data is sealed
-with the key ring before it touches the database.
+each function with its own revision; a function's writes are kept aside and
+applied with the batch only if it returns. Reads use a separate connection
+and never block the writer (WAL). Secret data is sealed with the key ring
+before it touches the database.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ T = TypeVar("T")
 log = logging.getLogger("satcheld.store")
 
 _BATCH = 256
-_GROUP_COMMIT_WINDOW = 0.001  # seconds
+_GROUP_COMMIT_WINDOW = 0.004  # seconds a busy writer waits for company
 _STOP = object()
 
 
@@ -163,39 +164,104 @@ class _Codec:
         return obj
 
 
-class Txn:
-    """The view a write function gets: reads see its own writes; all its
-    changes share one revision, assigned on the first change."""
+_Key = tuple[str, str, str]  # kind, namespace, name
+_SELECT_ROW = "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
 
-    def __init__(self, conn: sqlite3.Connection, codec: _Codec, revision_before: int) -> None:
-        self._conn = conn
+
+class _Batch:
+    """One write transaction's pending changes, applied to SQLite in bulk when
+    all its jobs have run. The writer thread drops the GIL in every SQLite call,
+    and on a busy event loop each drop costs a wait to get it back: a handful of
+    bulk statements per batch, not several statements per write, keeps the
+    writer from queueing behind the loop."""
+
+    def __init__(self, conn: sqlite3.Connection, revision: int) -> None:
+        self.conn = conn
+        self.revision = revision
+        self.objects: dict[_Key, tuple | None] = {}  # the final row per written key; None: deleted
+        self.events: list[tuple] = []
+        self.changes: list[Change] = []
+        self._read: dict[_Key, tuple | None] = {}  # rows as SQLite had them before this batch
+
+    def row(self, key: _Key) -> tuple[bytes, bytes | None] | None:
+        """(body, sealed) of the object as this batch has left it so far."""
+        if key in self.objects:
+            row = self.objects[key]
+            return None if row is None else (row[5], row[6])
+        if key not in self._read:
+            self._read[key] = self.conn.execute(_SELECT_ROW, key).fetchone()
+        return self._read[key]
+
+    def add(self, txn: Txn) -> None:
+        """Takes on a job's writes once it has succeeded."""
+        self.objects.update(txn.objects)
+        self.events.extend(txn.events)
+        self.changes.extend(txn.changes)
+        self.revision = txn.revision
+
+    def apply(self) -> None:
+        conn = self.conn
+        upserts = [row for row in self.objects.values() if row is not None]
+        deletes = [key for key, row in self.objects.items() if row is None]
+        if upserts:
+            conn.executemany(
+                "INSERT OR REPLACE INTO objects (kind, namespace, name, uid, resource_version, body, sealed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                upserts,
+            )
+        if deletes:
+            conn.executemany("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", deletes)
+        if self.events:
+            conn.executemany(
+                "INSERT INTO events (revision, seq, time_ns, kind, type, body, sealed, prev_body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                self.events,
+            )
+            conn.execute("UPDATE state SET revision=? WHERE id=1", (self.revision,))
+
+
+class Txn:
+    """The view a write function gets: reads see its own writes and those of the
+    jobs before it in the batch; all its changes share one revision, assigned on
+    the first change. Its writes reach SQLite only if it returns normally."""
+
+    def __init__(self, batch: _Batch, codec: _Codec) -> None:
+        self._batch = batch
         self._codec = codec
-        self._before = revision_before
-        self.revision = revision_before
+        self._before = batch.revision
+        self.revision = batch.revision
         self.now_ns = time.time_ns()
         self.changes: list[Change] = []
-        self._rows: list[tuple] = []
+        self.objects: dict[_Key, tuple | None] = {}
+        self.events: list[tuple] = []
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The write connection, for statements that must run at once (compaction).
+        A SQLite error in them fails the whole batch."""
+        return self._batch.conn
 
     def _next_revision(self) -> int:
         if self.revision == self._before:
             self.revision = self._before + 1
         return self.revision
 
-    def _row(self, kind: str, namespace: str, name: str) -> tuple | None:
-        return self._conn.execute(
-            "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?",
-            (kind, namespace, name),
-        ).fetchone()
+    def _row(self, key: _Key) -> tuple[bytes, bytes | None] | None:
+        if key in self.objects:
+            row = self.objects[key]
+            return None if row is None else (row[5], row[6])
+        return self._batch.row(key)
 
     def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
-        row = self._row(kind, namespace, name)
+        row = self._row((kind, namespace, name))
         return None if row is None else self._codec.decode(kind, row[0], row[1], with_data)
 
     def put(self, obj: Message) -> Message:
         """Creates or replaces `obj`, filling uid, resource_version, etag and times."""
         kind = _kinds.kind_of(obj)
         meta = obj.metadata
-        row = self._row(kind, meta.namespace, meta.name)
+        key = (kind, meta.namespace, meta.name)
+        row = self._row(key)
         prev = None if row is None else self._codec.decode(kind, row[0], None, with_data=False)
         revision = self._next_revision()
         stored = type(obj)()
@@ -211,17 +277,14 @@ class Txn:
         m.etag = etag_of(m.uid, revision)
         m.update_time.FromNanoseconds(self.now_ns)
         body, sealed = self._codec.encode(stored)
-        self._conn.execute(
-            "INSERT OR REPLACE INTO objects (kind, namespace, name, uid, resource_version, body, sealed)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (kind, m.namespace, m.name, m.uid, revision, body, sealed),
-        )
+        self.objects[key] = (*key, m.uid, revision, body, sealed)
         event_type = meta_pb2.EVENT_TYPE_ADDED if prev is None else meta_pb2.EVENT_TYPE_MODIFIED
         self._record(kind, event_type, stored, body, sealed, prev)
         return stored
 
     def delete(self, kind: str, namespace: str, name: str) -> Message:
-        row = self._row(kind, namespace, name)
+        key = (kind, namespace, name)
+        row = self._row(key)
         if row is None:
             raise NotFound(f"{kind} {namespace}/{name} not found")
         revision = self._next_revision()
@@ -234,15 +297,13 @@ class Txn:
         # its sealed data stays bound to the uid and version it was sealed with.
         last.metadata.resource_version = revision
         body = self._codec.body(last)
-        self._conn.execute(
-            "DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name)
-        )
+        self.objects[key] = None
         self._record(kind, meta_pb2.EVENT_TYPE_DELETED, last, body, row[1], prev)
         return last
 
     def _record(self, kind: str, event_type: int, obj: Message, body: bytes, sealed: bytes | None, prev: Message | None) -> None:
         self.changes.append(Change(self.revision, kind, event_type, obj, prev))
-        self._rows.append(
+        self.events.append(
             (
                 self.revision,
                 len(self.changes),
@@ -255,22 +316,11 @@ class Txn:
             )
         )
 
-    def flush(self) -> None:
-        if not self._rows:
-            return
-        self._conn.executemany(
-            "INSERT INTO events (revision, seq, time_ns, kind, type, body, sealed, prev_body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            self._rows,
-        )
-        self._conn.execute("UPDATE state SET revision=? WHERE id=1", (self.revision,))
-
 
 @dataclass
 class _Job:
     fn: Callable[[Txn], Any]
     future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
 
 
 class Store:
@@ -287,6 +337,7 @@ class Store:
         self._revision = self._committed_revision(writer)
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._listeners: list[Callable[[list[Change]], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # where writers wait and listeners run
         self._closed = False
         self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="satchel-store-writer", daemon=True)
@@ -295,13 +346,18 @@ class Store:
     # -- writes -----------------------------------------------------------
 
     async def write(self, fn: Callable[[Txn], T]) -> T:
-        """Runs `fn(txn)` in the writer thread; returns its result once durable."""
+        """Runs `fn(txn)` in the writer thread; returns its result once durable.
+        All writes come from one event loop, the one listeners run on."""
         loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("a Store is written from one event loop only")
         future = loop.create_future()
         with self._closing:  # a job is queued before _STOP, or not at all
             if self._closed:
                 raise Unavailable("the server is shutting down")
-            self._queue.put(_Job(fn, future, loop))
+            self._queue.put(_Job(fn, future))
         return await future
 
     def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
@@ -324,13 +380,15 @@ class Store:
             job = self._queue.get()
             if job is _STOP:
                 return
+            if busy:
+                # Group commit: under load, let more writes arrive so that one
+                # commit and fsync covers many. Sleeping, not waking per write,
+                # leaves the GIL to the event loop that is producing them.
+                time.sleep(_GROUP_COMMIT_WINDOW)
             batch = [job]
-            # Group commit: under load, wait a moment for more writes so that
-            # one fsync makes many durable; when idle, commit at once.
-            deadline = time.monotonic() + _GROUP_COMMIT_WINDOW if busy else 0.0
             while len(batch) < _BATCH:
                 try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) if busy else self._queue.get_nowait()
+                    nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is _STOP:
@@ -341,44 +399,49 @@ class Store:
                 self._commit(batch)  # type: ignore[arg-type]
             except Exception:  # a bug here must not leave every later write hanging
                 log.exception("the store writer failed a batch")
-                _fail(batch, Unavailable("the store could not commit the write; it was not applied"))
+                self._fail(batch)
             busy = not self._queue.empty()
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, jobs: list[_Job]) -> None:
+        """Runs the jobs in one transaction; a job that raises is left out, and a
+        SQLite error (disk full, I/O) leaves the whole batch out."""
         conn = self._writer
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
-        changes: list[Change] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            revision = conn.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
-            for job in batch:
-                txn = Txn(conn, self._codec, revision)
-                conn.execute("SAVEPOINT job")
+            batch = _Batch(conn, self._committed_revision(conn))
+            for job in jobs:
+                txn = Txn(batch, self._codec)
                 try:
                     result = job.fn(txn)
-                    txn.flush()
-                except Exception as e:  # the job's own failure: undo just this job
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    if isinstance(e, sqlite3.Error):  # disk full, I/O error: not the caller's fault
-                        log.error("write failed in the database: %s", e)
-                        e = Unavailable("the store could not apply the write; it was not applied")
+                except sqlite3.Error:
+                    raise
+                except Exception as e:  # the job's own failure: none of its writes were applied
                     outcomes.append((job, None, e))
                     continue
-                conn.execute("RELEASE job")
-                revision = txn.revision
-                changes.extend(txn.changes)
+                batch.add(txn)
                 outcomes.append((job, result, None))
+            batch.apply()
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except sqlite3.Error as e:
+            log.error("write failed in the database: %s", e)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            _fail(batch, Unavailable("the store could not commit the write; it was not applied"))
+            self._fail(jobs)
             return
+        # One wake-up of the event loop per batch, not one per write.
+        self._loop.call_soon_threadsafe(self._finish, batch.changes, outcomes)
+
+    def _fail(self, jobs: list[_Job]) -> None:
+        error = Unavailable("the store could not commit the write; it was not applied")
+        self._loop.call_soon_threadsafe(self._finish, [], [(job, None, error) for job in jobs])
+
+    def _finish(self, changes: list[Change], outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        """On the event loop: listeners learn of a commit before its writers do."""
         if changes:
-            batch[0].loop.call_soon_threadsafe(self._publish, changes)
+            self._publish(changes)
         for job, result, error in outcomes:
-            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+            _settle(job.future, result, error)
 
     def _publish(self, changes: list[Change]) -> None:
         self._revision = changes[-1].revision
@@ -507,7 +570,7 @@ class Store:
         cutoff_ns = time.time_ns() - int(keep_seconds * 1e9)
         while True:
             deleted, compact = await self.write(
-                lambda txn: self._compact_chunk(txn._conn, cutoff_ns, keep_events, max_rows)
+                lambda txn: self._compact_chunk(txn.conn, cutoff_ns, keep_events, max_rows)
             )
             if deleted < max_rows:
                 return compact
@@ -550,9 +613,6 @@ class Store:
             conn.close()
 
 
-def _fail(batch: list[_Job], error: BaseException) -> None:
-    for job in batch:
-        job.loop.call_soon_threadsafe(_settle, job.future, None, error)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
