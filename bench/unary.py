@@ -2,9 +2,12 @@
 grpc.aio echo server over the same mTLS, driven by the same client.
 
 Prints QPS, p50 and p99 for GetSecret and CreateSecret next to an echo of a
-payload of the same size, and the ratios Satchel / echo. Not a test.
+payload of the same size, and the ratios Satchel / echo. Satchel and echo
+alternate in short runs, round after round, and each ratio is the median of
+the rounds' ratios: a shared machine's slow spells then weigh on both sides
+alike. Not a test.
 
-    .venv/bin/python bench/unary.py [--duration 5] [--warmup 1] [--concurrency 32]
+    .venv/bin/python bench/unary.py [--rounds 5] [--duration 2] [--warmup 0.5] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import itertools
 import os
 import pathlib
 import platform
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 
@@ -55,11 +59,11 @@ async def _serve_echo(certs: pathlib.Path) -> None:
 
 @dataclasses.dataclass
 class Result:
+    """One run of one call."""
+
     label: str
     qps: float
-    p50_ms: float
-    p99_ms: float
-    calls: int
+    latencies: list[float]  # seconds, sorted
     client_cpu: float
     server_cpu: float
 
@@ -99,9 +103,7 @@ async def _measure(
     return Result(
         label,
         len(latencies) / duration,
-        percentile(latencies, 0.50) * 1000,
-        percentile(latencies, 0.99) * 1000,
-        len(latencies),
+        latencies,
         (client1 - client0) / duration,
         (server1 - server0) / duration,
     )
@@ -121,8 +123,8 @@ def _secret(name: str) -> secret_pb2.Secret:
 
 async def _run(
     args: argparse.Namespace, satchel: Server, echo: Server, certs: pathlib.Path
-) -> list[Result]:
-    """GetSecret, then CreateSecret, each followed by an echo of its size."""
+) -> list[list[Result]]:
+    """Per round: GetSecret, then CreateSecret, each followed by an echo of its size."""
     timing = {"concurrency": args.concurrency, "warmup": args.warmup, "duration": args.duration}
 
     async def on_satchel(label: str, call: Callable[[], Awaitable[object]]) -> Result:
@@ -151,37 +153,54 @@ async def _run(
         def create() -> Awaitable[object]:
             return stub.CreateSecret(secret_pb2.CreateSecretRequest(secret=_secret(next(names))))
 
-        return [
-            await on_satchel("GetSecret", lambda: stub.GetSecret(get)),
-            await on_echo(get_size),
-            await on_satchel("CreateSecret", create),
-            await on_echo(create_size),
-        ]
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            rounds.append(
+                [
+                    await on_satchel("GetSecret", lambda: stub.GetSecret(get)),
+                    await on_echo(get_size),
+                    await on_satchel("CreateSecret", create),
+                    await on_echo(create_size),
+                ]
+            )
+            ratios = "   ".join(
+                f"{satchel.label} {satchel.qps:.0f} / echo {echo.qps:.0f} = {satchel.qps / echo.qps:.2f}"
+                for satchel, echo in (rounds[-1][0:2], rounds[-1][2:4])
+            )
+            print(f"round {number}: {ratios}", flush=True)
+        return rounds
 
 
-def _report(results: list[Result]) -> None:
+def _report(rounds: list[list[Result]]) -> None:
+    """Per call: the median QPS of the rounds, p50 and p99 over every call of
+    every round, the median CPU; then the median of the rounds' ratios."""
+    print()
     print(
         f"{'':<16}{'QPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'calls':>8}"
         f"{'client CPU':>12}{'server CPU':>12}"
     )
-    for r in results:
+    for runs in zip(*rounds):
+        latencies = sorted(t for run in runs for t in run.latencies)
         print(
-            f"{r.label:<16}{r.qps:>8.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.calls:>8}"
-            f"{r.client_cpu:>12.0%}{r.server_cpu:>12.0%}"
+            f"{runs[0].label:<16}{statistics.median(r.qps for r in runs):>8.0f}"
+            f"{percentile(latencies, 0.50) * 1000:>9.2f}{percentile(latencies, 0.99) * 1000:>9.2f}"
+            f"{len(latencies):>8}{statistics.median(r.client_cpu for r in runs):>12.0%}"
+            f"{statistics.median(r.server_cpu for r in runs):>12.0%}"
         )
     print()
-    for (satchel, echo), (rpc, target) in zip(
-        (results[0:2], results[2:4]), TARGETS.items(), strict=True
-    ):
-        ratio = satchel.qps / echo.qps if echo.qps else float("nan")
+    for first, (rpc, target) in zip((0, 2), TARGETS.items(), strict=True):
+        ratios = [run[first].qps / run[first + 1].qps for run in rounds]
+        ratio = statistics.median(ratios)
         verdict = "ok" if ratio >= target else "BELOW TARGET"
-        print(f"{rpc}/echo QPS ratio {ratio:.2f} (target >= {target}) {verdict}")
+        spread = f"rounds {min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{rpc}/echo QPS ratio {ratio:.2f}, median of {len(ratios)} ({spread}; target >= {target}) {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _harness.argument_parser(__doc__)
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the four runs")
+    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each run")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
     _harness.add_server_arguments(parser)
     args = parser.parse_args(argv)
@@ -196,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"satchel unary bench: grpcio {grpc.__version__}, Python {platform.python_version()}, "
             f"{os.cpu_count()} CPUs ({servers.placement}); {args.concurrency} calls in flight "
-            f"from one client process; {args.warmup:g} s warm-up + {args.duration:g} s per run"
+            f"from one client process; {args.rounds} rounds, each run {args.warmup:g} s warm-up "
+            f"+ {args.duration:g} s"
         )
         print(
             f"satcheld --dev at {satcheld.address}, echo at {echo.address}; "
@@ -204,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print()
         try:
-            results = asyncio.run(_run(args, satcheld, echo, servers.certs))
+            rounds = asyncio.run(_run(args, satcheld, echo, servers.certs))
         except grpc.aio.AioRpcError as error:
             raise SystemExit(f"bench call failed: {error.code().name}: {error.details()}") from None
-        _report(results)
+        _report(rounds)
         servers.warn_exited()
     return 0
 
