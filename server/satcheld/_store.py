@@ -170,10 +170,9 @@ _SELECT_ROW = "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND
 
 class _Batch:
     """One write transaction's pending changes, applied to SQLite in bulk when
-    all its jobs have run. The writer thread drops the GIL in every SQLite call,
-    and on a busy event loop each drop costs a wait to get it back: a handful of
-    bulk statements per batch, not several statements per write, keeps the
-    writer from queueing behind the loop."""
+    all its jobs have run: a few statements per batch rather than several per
+    write, and a job that fails needs no savepoint, since none of its writes
+    reached SQLite."""
 
     def __init__(self, conn: sqlite3.Connection, revision: int) -> None:
         self.conn = conn
