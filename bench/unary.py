@@ -7,7 +7,7 @@ alternate in short runs, round after round, and each ratio is the median of
 the rounds' ratios: a shared machine's slow spells then weigh on both sides
 alike. Not a test.
 
-    .venv/bin/python bench/unary.py [--rounds 5] [--duration 2] [--warmup 0.5] [--concurrency 32]
+    .venv/bin/python bench/unary.py [--rounds 9] [--duration 2] [--warmup 0.5] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def _report(rounds: list[list[Result]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _harness.argument_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the four runs")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of the four runs")
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each run")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
