@@ -358,6 +358,8 @@ async def test_no_bookmark_below_synced_while_writes_race_the_snapshot(pki, tmp_
             await watcher.reach(final)
         for watcher in watchers:
             check_stream(watcher.events, watcher.name)
+        bookmarked = [w.name for w in watchers if any(e.type == BOOKMARK for e in w.events)]
+        assert bookmarked, "idle watchers got bookmarks while the writes raced their snapshots"
         await asyncio.gather(*(w.close() for w in [recorder, *watchers]))
     await channels.close()
 
@@ -417,7 +419,9 @@ async def test_server_shutdown_ends_streams_with_unavailable(pki, tmp_path) -> N
             await watcher.take(1)
         await server.stop()
         for watcher in watchers:
-            await watcher.failure(Code.UNAVAILABLE)
+            failed = await watcher.failure(Code.UNAVAILABLE)
+            assert failed.info.reason == "UNAVAILABLE"
+            assert "resume from the last revision" in failed.message
     await channels.close()
 
 
