@@ -25,7 +25,7 @@ from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc, service_account_pb
 from satcheld._keyring import KeyFileError, KeyRing
 from satcheld._server import Server
 from satcheld._errors import AlreadyExists, Unavailable
-from satcheld._store import MIGRATIONS, Store
+from satcheld._store import MIGRATIONS, Store, _Batch
 
 Code = grpc.StatusCode
 
@@ -344,6 +344,23 @@ async def test_writes_in_one_batch_see_the_writes_before_them_and_never_a_failed
     assert [created.metadata.resource_version, relabeled.metadata.resource_version, deleted.metadata.resource_version] == [1, 2, 3]
     assert store.get("secrets", "default", "first") is None
     assert store.get("secrets", "default", "ghost") is None
+
+
+async def test_a_bug_while_committing_fails_that_batch_and_the_writer_goes_on(store, monkeypatch) -> None:
+    apply = _Batch.apply
+
+    def broken_apply(batch) -> None:
+        monkeypatch.setattr(_Batch, "apply", apply)  # once
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(_Batch, "apply", broken_apply)
+    with pytest.raises(Unavailable):
+        await store.write(lambda txn: txn.put(SECRETS.make("lost", namespace="default")))
+    assert store.get("secrets", "default", "lost") is None
+
+    stored = await store.write(lambda txn: txn.put(SECRETS.make("after", namespace="default")))
+    assert stored.metadata.resource_version == 1, "the failed batch took no revision"
+    assert store.get("secrets", "default", "after") is not None
 
 
 async def test_writes_after_close_are_refused(store) -> None:

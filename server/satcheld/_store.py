@@ -398,6 +398,8 @@ class Store:
                 self._commit(batch)  # type: ignore[arg-type]
             except Exception:  # a bug here must not leave every later write hanging
                 log.exception("the store writer failed a batch")
+                if self._writer.in_transaction:
+                    self._writer.rollback()
                 self._fail(batch)
             busy = not self._queue.empty()
 
