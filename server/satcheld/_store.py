@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlite_utils
 from cryptography.exceptions import InvalidTag
@@ -168,6 +168,22 @@ _Key = tuple[str, str, str]  # kind, namespace, name
 _SELECT_ROW = "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
 
 
+class _Row(NamedTuple):
+    """An objects-table row, in its column order."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: int
+    body: bytes
+    sealed: bytes | None
+
+
+def _stored(row: _Row | None) -> tuple[bytes, bytes | None] | None:
+    return None if row is None else (row.body, row.sealed)
+
+
 class _Batch:
     """One write transaction's pending changes, applied to SQLite in bulk when
     all its jobs have run: a few statements per batch rather than several per
@@ -177,16 +193,15 @@ class _Batch:
     def __init__(self, conn: sqlite3.Connection, revision: int) -> None:
         self.conn = conn
         self.revision = revision
-        self.objects: dict[_Key, tuple | None] = {}  # the final row per written key; None: deleted
+        self.objects: dict[_Key, _Row | None] = {}  # the final row per written key; None: deleted
         self.events: list[tuple] = []
         self.changes: list[Change] = []
-        self._read: dict[_Key, tuple | None] = {}  # rows as SQLite had them before this batch
+        self._read: dict[_Key, tuple[bytes, bytes | None] | None] = {}  # as SQLite had them before this batch
 
     def row(self, key: _Key) -> tuple[bytes, bytes | None] | None:
         """(body, sealed) of the object as this batch has left it so far."""
         if key in self.objects:
-            row = self.objects[key]
-            return None if row is None else (row[5], row[6])
+            return _stored(self.objects[key])
         if key not in self._read:
             self._read[key] = self.conn.execute(_SELECT_ROW, key).fetchone()
         return self._read[key]
@@ -231,7 +246,7 @@ class Txn:
         self.revision = batch.revision
         self.now_ns = time.time_ns()
         self.changes: list[Change] = []
-        self.objects: dict[_Key, tuple | None] = {}
+        self.objects: dict[_Key, _Row | None] = {}
         self.events: list[tuple] = []
 
     @property
@@ -247,8 +262,7 @@ class Txn:
 
     def _row(self, key: _Key) -> tuple[bytes, bytes | None] | None:
         if key in self.objects:
-            row = self.objects[key]
-            return None if row is None else (row[5], row[6])
+            return _stored(self.objects[key])
         return self._batch.row(key)
 
     def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
@@ -276,7 +290,7 @@ class Txn:
         m.etag = etag_of(m.uid, revision)
         m.update_time.FromNanoseconds(self.now_ns)
         body, sealed = self._codec.encode(stored)
-        self.objects[key] = (*key, m.uid, revision, body, sealed)
+        self.objects[key] = _Row(*key, m.uid, revision, body, sealed)
         event_type = meta_pb2.EVENT_TYPE_ADDED if prev is None else meta_pb2.EVENT_TYPE_MODIFIED
         self._record(kind, event_type, stored, body, sealed, prev)
         return stored
