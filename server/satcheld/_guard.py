@@ -7,10 +7,10 @@
 4. the one error map: domain errors become statuses, anything else a bare INTERNAL;
 5. one audit record.
 
-These are applied once per method when services are registered (see
-`GuardedRegistrar`), not by grpc.aio interceptors, whose per-call dispatch
-costs more than a small RPC itself. Health and reflection are infrastructure
-and are registered unguarded.
+These are applied once per method as services are added to the server's
+method table (`Guard.wrap`), not by grpc.aio interceptors, whose per-call
+dispatch costs more than a small RPC itself. Health and reflection are
+infrastructure and are added unguarded.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,23 +203,6 @@ def _parser(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
             raise InvalidArgument([("request", "is not a valid protobuf message for this method")]) from None
 
     return parse
-
-
-class GuardedRegistrar:
-    """Stands in for the server when a generated `add_*Servicer_to_server` runs,
-    registering every method with the guard applied once."""
-
-    def __init__(self, server: aio.Server, guard: Guard) -> None:
-        self._server = server
-        self._guard = guard
-
-    def add_generic_rpc_handlers(self, handlers: object) -> None:
-        """Ignored: the same handlers arrive through add_registered_method_handlers."""
-
-    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
-        guarded = {name: self._guard.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
-        self._server.add_registered_method_handlers(service, guarded)
 
 
 def _metadata_value(metadata: Any, key: str) -> str:

@@ -11,7 +11,9 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from ._methods import Registrar
 
 V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 
@@ -39,16 +41,15 @@ def _register_v1_descriptor() -> None:
     pool.Add(proto)
 
 
-def enable(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+def enable(registrar: Registrar, service_names: Iterable[str]) -> None:
+    """Adds both reflection services, describing `service_names` and themselves."""
     _register_v1_descriptor()
     names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE)
     servicer = reflection.aio.ReflectionServicer(names)
-    reflection.enable_server_reflection(names, server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, registrar)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(V1_SERVICE, {"ServerReflectionInfo": handler}),)
-    )
+    registrar.add_registered_method_handlers(V1_SERVICE, {"ServerReflectionInfo": handler})

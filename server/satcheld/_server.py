@@ -1,4 +1,4 @@
-"""Assembles the server: TLS, interceptors, services, health, reflection, store."""
+"""Assembles the server: TLS, the method table (services, health, reflection), store."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from satchel.v1 import secret_pb2, secret_pb2_grpc, service_account_pb2, service
 from satchel.v1 import token_pb2, token_pb2_grpc, workload_pb2, workload_pb2_grpc
 
 from . import _handlers, _reflection
-from ._guard import AuditLog, Guard, GuardedRegistrar
+from ._guard import AuditLog, Guard
 from ._keyring import KeyRing
+from ._methods import MethodTable
 from ._paging import PageTokens
 from ._policy import Authorizer, Policy
 from ._store import Store
@@ -169,16 +170,19 @@ class Server:
         resources = _handlers.Resources(
             self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
         )
-        server = self._grpc = aio.server(options=server_options(c), maximum_concurrent_rpcs=None)
-        guarded = GuardedRegistrar(server, Guard(self._audit, c.trust_domain))
+        methods = MethodTable()
+        guarded = methods.registrar(Guard(self._audit, c.trust_domain).wrap)
         service_account_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
             _handlers.ServiceAccountService(resources), guarded
         )
         secret_pb2_grpc.add_SecretServiceServicer_to_server(_handlers.SecretService(resources), guarded)
         workload_pb2_grpc.add_WorkloadServiceServicer_to_server(_handlers.WorkloadService(resources), guarded)
         token_pb2_grpc.add_TokenServiceServicer_to_server(_handlers.TokenService(), guarded)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        _reflection.enable(server, (*SERVICE_NAMES, health.SERVICE_NAME))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, methods.registrar())
+        _reflection.enable(methods.registrar(), (*SERVICE_NAMES, health.SERVICE_NAME))
+        server = self._grpc = aio.server(
+            handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None
+        )
 
         host, _, port = c.listen.rpartition(":")
         try:
