@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import NoReturn
 
 import grpc
@@ -198,6 +198,58 @@ def credentials(certs: pathlib.Path) -> grpc.ChannelCredentials:
         root_certificates=(certs / "ca.crt").read_bytes(),
         private_key=(certs / "admin.key").read_bytes(),
         certificate_chain=(certs / "admin.crt").read_bytes(),
+    )
+
+
+@dataclasses.dataclass
+class Result:
+    """One run of one call."""
+
+    label: str
+    qps: float
+    latencies: list[float]  # seconds, sorted
+    client_cpu: float
+    server_cpu: float
+
+
+async def measure(
+    label: str,
+    call: Callable[[], Awaitable[object]],
+    *,
+    server_pid: int,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+) -> Result:
+    """Keeps `concurrency` calls in flight for warmup + duration seconds and
+    counts the calls that complete inside the measured window, noting how busy
+    the client and the server were in it (a core each at most, when pinned)."""
+    start = time.perf_counter() + warmup
+    end = start + duration
+    latencies: list[float] = []
+    cpu: list[tuple[float, float]] = []
+
+    async def sample() -> None:
+        for moment in (start, end):
+            await asyncio.sleep(moment - time.perf_counter())
+            cpu.append((client_seconds(), process_seconds(server_pid)))
+
+    async def worker() -> None:
+        while (t0 := time.perf_counter()) < end:
+            await call()
+            t1 = time.perf_counter()
+            if start <= t1 <= end:
+                latencies.append(t1 - t0)
+
+    await asyncio.gather(sample(), *(worker() for _ in range(concurrency)))
+    latencies.sort()
+    (client0, server0), (client1, server1) = cpu
+    return Result(
+        label,
+        len(latencies) / duration,
+        latencies,
+        (client1 - client0) / duration,
+        (server1 - server0) / duration,
     )
 
 

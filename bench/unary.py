@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import itertools
 import os
 import pathlib
 import platform
 import statistics
-import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 
 # This script's directory is on sys.path.
 import _harness
-from _harness import DATA, Server, client_seconds, percentile, process_seconds
+from _harness import DATA, Result, Server, percentile
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
 
 ECHO_METHOD = "/satchel.bench.Echo/Echo"
@@ -57,58 +55,6 @@ async def _serve_echo(certs: pathlib.Path) -> None:
 # --- the client ---
 
 
-@dataclasses.dataclass
-class Result:
-    """One run of one call."""
-
-    label: str
-    qps: float
-    latencies: list[float]  # seconds, sorted
-    client_cpu: float
-    server_cpu: float
-
-
-async def _measure(
-    label: str,
-    call: Callable[[], Awaitable[object]],
-    *,
-    server_pid: int,
-    concurrency: int,
-    warmup: float,
-    duration: float,
-) -> Result:
-    """Keeps `concurrency` calls in flight for warmup + duration seconds and
-    counts the calls that complete inside the measured window, noting how busy
-    the client and the server were in it (a core each at most, when pinned)."""
-    start = time.perf_counter() + warmup
-    end = start + duration
-    latencies: list[float] = []
-    cpu: list[tuple[float, float]] = []
-
-    async def sample() -> None:
-        for moment in (start, end):
-            await asyncio.sleep(moment - time.perf_counter())
-            cpu.append((client_seconds(), process_seconds(server_pid)))
-
-    async def worker() -> None:
-        while (t0 := time.perf_counter()) < end:
-            await call()
-            t1 = time.perf_counter()
-            if start <= t1 <= end:
-                latencies.append(t1 - t0)
-
-    await asyncio.gather(sample(), *(worker() for _ in range(concurrency)))
-    latencies.sort()
-    (client0, server0), (client1, server1) = cpu
-    return Result(
-        label,
-        len(latencies) / duration,
-        latencies,
-        (client1 - client0) / duration,
-        (server1 - server0) / duration,
-    )
-
-
 def _channel(address: str, certs: pathlib.Path) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, _harness.credentials(certs))
 
@@ -128,11 +74,11 @@ async def _run(
     timing = {"concurrency": args.concurrency, "warmup": args.warmup, "duration": args.duration}
 
     async def on_satchel(label: str, call: Callable[[], Awaitable[object]]) -> Result:
-        return await _measure(label, call, server_pid=satchel.process.pid, **timing)
+        return await _harness.measure(label, call, server_pid=satchel.process.pid, **timing)
 
     async def on_echo(size: int) -> Result:
         payload = os.urandom(size)
-        return await _measure(
+        return await _harness.measure(
             f"echo {size} B", lambda: echo_call(payload), server_pid=echo.process.pid, **timing
         )
 
