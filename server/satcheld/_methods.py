@@ -39,9 +39,6 @@ class MethodTable(grpc.GenericRpcHandler):
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(handler_call_details.method)
 
-    def __contains__(self, method: str) -> bool:
-        return method in self._handlers
-
 
 class Registrar:
     """What a generated `add_*Servicer_to_server` calls, in place of the server."""
