@@ -58,6 +58,23 @@ ENCRYPTED_KEY = ec.generate_private_key(ec.SECP256R1()).private_bytes(
 )
 GARBAGE_PEM_CERT = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
 GARBAGE_PEM_KEY = b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+# A throwaway key and self-signed certificate on secp112r1, a curve cryptography
+# cannot load (made with `openssl ecparam -name secp112r1 -genkey`, `openssl req -x509`).
+WEAK_CURVE_KEY = b"""-----BEGIN PRIVATE KEY-----
+ME4CAQAwEAYHKoZIzj0CAQYFK4EEAAYENzA1AgEBBA7LRaeJKy9UYIr/SZvzIaEg
+Ax4ABF7w5ZUrHRozFU8JwQmpDlweg1yMiF1VwkWg4AE=
+-----END PRIVATE KEY-----
+"""
+WEAK_CURVE_CRT = b"""-----BEGIN CERTIFICATE-----
+MIIBNzCCAQOgAwIBAgIUeUXQRUwlWJb3NORMg2clnYlMxIgwCQYHKoZIzj0EATAX
+MRUwEwYDVQQDDAx3ZWFrLmV4YW1wbGUwIBcNMjYxMTI2MjMzNTIwWhgPMjEyNjEx
+MDIyMzM1MjBaMBcxFTATBgNVBAMMDHdlYWsuZXhhbXBsZTAyMBAGByqGSM49AgEG
+BSuBBAAGAx4ABF7w5ZUrHRozFU8JwQmpDlweg1yMiF1VwkWg4AGjUzBRMB0GA1Ud
+DgQWBBS6piPSJEDefBziYcYEqZdFQM1JiDAfBgNVHSMEGDAWgBS6piPSJEDefBzi
+YcYEqZdFQM1JiDAPBgNVHRMBAf8EBTADAQH/MAkGByqGSM49BAEDIwAwIAIODDHR
+cnSqMYMO3uo4PhQCDmSATQuW4xTD1VSqSgW7
+-----END CERTIFICATE-----
+"""
 
 
 # -- what must not change ----------------------------------------------------------------
@@ -236,6 +253,33 @@ async def test_secret_over_one_mebibyte(admin, unchanged) -> None:
     assert [(k.name, k.size) for k in created.data_keys] == [("big", MiB - 1024)]
 
 
+async def test_a_secret_too_large_as_a_whole(admin, unchanged) -> None:
+    """Many tiny keys count under 1 MiB of data but weigh far more serialized,
+    with their names again in data_keys: the whole object is held to 1.5 MiB."""
+    api = SECRETS.api(admin)
+    many_keys = {f"{i:05x}": b"" for i in range(200_000)}
+    assert sum(map(len, many_keys)) < MiB
+    f = await failure(api.create(SECRETS.make("many", data=many_keys)), Code.INVALID_ARGUMENT)
+    _rejected_fields({"secret"}, f.fields)
+    tls = {**many_keys, "tls.crt": CRT, "tls.key": KEY}  # `keep` is a TLS secret
+    f = await failure(api.update(SECRETS.make("keep", data=tls), ["data"]), Code.INVALID_ARGUMENT)
+    _rejected_fields({"secret"}, f.fields)
+    await failure(api.get("many"), Code.NOT_FOUND)
+    await unchanged()
+
+
+@pytest.mark.parametrize("kind", ALL, ids=lambda k: k.name)
+async def test_an_object_with_too_many_labels(admin, unchanged, kind: Kind) -> None:
+    """Each label is valid and there is no count limit, but the whole is."""
+    api = kind.api(admin)
+    labels = {f"k{i:05d}": "v" * 63 for i in range(30_000)}
+    f = await failure(api.create(kind.make("labelled", labels=labels)), Code.INVALID_ARGUMENT)
+    _rejected_fields({kind.field}, f.fields)
+    f = await failure(api.update(kind.make("keep", labels=labels), ["metadata.labels"]), Code.INVALID_ARGUMENT)
+    _rejected_fields({kind.field}, f.fields)
+    await unchanged()
+
+
 TYPE_RULES = {
     "tls-missing-key": (T.SECRET_TYPE_TLS, {"tls.crt": CRT}, {"secret.data"}),
     "tls-missing-cert": (T.SECRET_TYPE_TLS, {"tls.key": KEY}, {"secret.data"}),
@@ -246,6 +290,13 @@ TYPE_RULES = {
     "tls-key-is-a-cert": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": CRT}, {'secret.data["tls.key"]'}),
     "tls-key-encrypted": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": ENCRYPTED_KEY}, {'secret.data["tls.key"]'}),
     "tls-mismatched-pair": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": OTHER_KEY}, {"secret.data"}),
+    "tls-key-unsupported-curve": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": WEAK_CURVE_KEY}, {'secret.data["tls.key"]'}),
+    "tls-cert-unsupported-curve": (T.SECRET_TYPE_TLS, {"tls.crt": WEAK_CURVE_CRT, "tls.key": KEY}, {'secret.data["tls.crt"]'}),
+    "tls-pair-unsupported-curve": (
+        T.SECRET_TYPE_TLS,
+        {"tls.crt": WEAK_CURVE_CRT, "tls.key": WEAK_CURVE_KEY},
+        {'secret.data["tls.crt"]'},
+    ),
     "tls-mismatched-key-type": (
         T.SECRET_TYPE_TLS,
         {"tls.crt": CRT, "tls.key": _pem_key(ed25519.Ed25519PrivateKey.generate())},

@@ -14,6 +14,7 @@ from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
 from . import _kinds
 from ._errors import FailedPrecondition, InvalidArgument
 from ._validation import (
+    MAX_OBJECT_BYTES,
     Violations,
     check_annotations,
     check_data,
@@ -112,6 +113,9 @@ def validate(obj: Message) -> None:
         check_name(v, f"{f}.service_account", obj.service_account)
         for i, name in enumerate(obj.secrets):
             check_name(v, f"{f}.secrets[{i}]", name)
+    size = obj.ByteSize()
+    if size > MAX_OBJECT_BYTES:
+        v.add(f, f"is {size} bytes serialized, labels, annotations and data included; at most {MAX_OBJECT_BYTES} are allowed")
     v.raise_if_any()
 
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from satchel.v1 import secret_pb2
@@ -19,6 +20,12 @@ from ._errors import InvalidArgument
 
 MAX_SECRET_BYTES = 1024 * 1024
 MAX_ANNOTATION_BYTES = 256 * 1024
+# Every object as stored, serialized. The rules per field leave the whole
+# unbounded (labels have no count limit; many tiny data keys cost more on the
+# wire than they count), and an object must fit with room to spare in any
+# response or event that carries it, under the 4 MiB message limit. etcd holds
+# a Kubernetes object to the same 1.5 MiB.
+MAX_OBJECT_BYTES = 1536 * 1024
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_LABEL = re.compile(_LABEL)
@@ -137,15 +144,22 @@ def _check_tls_pair(v: Violations, field: str, data: Mapping[str, bytes]) -> Non
         return
     try:
         certificate = x509.load_pem_x509_certificates(crt)[0]
+        certificate_key = certificate.public_key()
     except ValueError:
         v.add(f'{field}["tls.crt"]', "is not a PEM certificate")
+        return
+    except UnsupportedAlgorithm:
+        v.add(f'{field}["tls.crt"]', "holds a certificate whose key algorithm is not supported")
         return
     try:
         private_key = serialization.load_pem_private_key(key, password=None)
     except (ValueError, TypeError):
         v.add(f'{field}["tls.key"]', "is not an unencrypted PEM private key")
         return
+    except UnsupportedAlgorithm:
+        v.add(f'{field}["tls.key"]', "holds a private key whose algorithm is not supported")
+        return
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
-    if certificate.public_key().public_bytes(der, public) != private_key.public_key().public_bytes(der, public):
+    if certificate_key.public_bytes(der, public) != private_key.public_key().public_bytes(der, public):
         v.add(field, "'tls.key' does not match the certificate in 'tls.crt'")
