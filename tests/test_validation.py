@@ -494,3 +494,32 @@ async def test_odd_requests_are_never_internal(admin, unchanged) -> None:
         except AssertionError as e:
             raise AssertionError(f"{what}: {e}") from None
     await unchanged()
+
+
+# -- every bad field at once, though they are checked in separate steps ----------------------
+
+
+async def test_a_list_names_every_bad_field_at_once(admin, unchanged) -> None:
+    request = secret_pb2.ListSecretsRequest(namespace="Bad_NS", label_selector="=x", page_size=-1, page_token="zz")
+    f = await failure(admin.secrets.ListSecrets(request), Code.INVALID_ARGUMENT)
+    _rejected_fields({"namespace", "label_selector", "page_size", "page_token"}, f.fields)
+    await unchanged()
+
+
+async def test_a_watch_names_every_bad_field_at_once(admin) -> None:
+    call = admin.secrets.WatchSecrets(secret_pb2.WatchSecretsRequest(namespace="Bad_NS", label_selector="=x"))
+    f = await failure(call.read(), Code.INVALID_ARGUMENT)
+    _rejected_fields({"namespace", "label_selector"}, f.fields)
+
+
+async def test_an_update_names_a_bad_name_and_a_bad_mask_at_once(admin, unchanged) -> None:
+    f = await failure(SECRETS.api(admin).update(SECRETS.make("Bad_Name"), ["no_such_field"]), Code.INVALID_ARGUMENT)
+    _rejected_fields({"secret.metadata.name", "update_mask"}, f.fields)
+    await unchanged()
+
+
+async def test_a_token_secret_with_a_bad_key_names_both(admin, unchanged) -> None:
+    secret = SECRETS.make("token", type=T.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, data={"a/b": b"v"})
+    f = await failure(SECRETS.api(admin).create(secret), Code.INVALID_ARGUMENT)
+    _rejected_fields({"secret.type", _data_field("a/b")}, f.fields)
+    await unchanged()

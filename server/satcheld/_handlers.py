@@ -26,6 +26,7 @@ from ._paging import MAX_PAGE_BYTES, PageTokens, page_size
 from ._policy import Authorizer
 from ._responses import ResponseCache
 from ._store import Store, Txn
+from ._validation import Violations
 from ._watch import View, WatchHub
 
 
@@ -115,12 +116,14 @@ class Resources:
     def list(self, kind: str, request: Message) -> tuple[list[Message], str, int]:
         namespace = request.namespace
         self.authorize("list", kind, namespace)
-        if namespace:
-            _resources.check_namespace_and_name(namespace)
-        selector = LabelSelector.parse(request.label_selector)
-        limit = page_size(request.page_size)
         query = (kind, namespace, request.label_selector)
-        after = self._page_tokens.decode(request.page_token, query)
+        v = Violations()
+        if namespace:
+            v.collect(_resources.check_namespace_and_name, namespace)
+        selector = v.collect(LabelSelector.parse, request.label_selector)
+        limit = v.collect(page_size, request.page_size)
+        after = v.collect(self._page_tokens.decode, request.page_token, query)
+        v.raise_if_any()
         with_data = self._may_read_data(kind, namespace)
         items, more, revision = self.store.list(
             kind,
@@ -141,9 +144,10 @@ class Resources:
         namespace = _resources.namespace_or_default(obj.metadata.namespace)
         name = obj.metadata.name
         self.authorize("update", kind, namespace, name)
-        field = KINDS[kind].field
-        _resources.check_namespace_and_name(namespace, name, prefix=f"{field}.metadata.")
-        paths = _resources.mask_paths(kind, obj, mask)
+        v = Violations()
+        v.collect(_resources.check_namespace_and_name, namespace, name, prefix=f"{KINDS[kind].field}.metadata.")
+        paths = v.collect(_resources.mask_paths, kind, obj, mask)
+        v.raise_if_any()
         etag = obj.metadata.etag
 
         def write(txn: Txn) -> Message:
@@ -168,14 +172,12 @@ class Resources:
         passes through as few generator frames as possible on its way out."""
         namespace = request.namespace
         self.authorize("watch", kind, namespace)
+        v = Violations()
         if namespace:
-            _resources.check_namespace_and_name(namespace)
-        view = View(
-            kind,
-            namespace,
-            LabelSelector.parse(request.label_selector),
-            with_data=self._may_read_data(kind, namespace),
-        )
+            v.collect(_resources.check_namespace_and_name, namespace)
+        selector = v.collect(LabelSelector.parse, request.label_selector)
+        v.raise_if_any()
+        view = View(kind, namespace, selector, with_data=self._may_read_data(kind, namespace))
         return self.hub.stream(view, since_revision=request.since_revision, send_initial=request.send_initial)
 
     async def delete(self, kind: str, namespace: str, name: str, etag: str) -> None:

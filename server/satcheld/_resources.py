@@ -133,11 +133,11 @@ def prepare_create(obj: Message, *, trust_domain: str) -> None:
         obj.service_account = obj.service_account or DEFAULT_SERVICE_ACCOUNT
     elif isinstance(obj, ServiceAccount):
         set_identity(obj, trust_domain)
-    validate(obj)
+    v = Violations()
     if isinstance(obj, Secret) and obj.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
-        raise InvalidArgument(
-            [("secret.type", "token secrets are made by the server when a service account is created")]
-        )
+        v.add("secret.type", "token secrets are made by the server when a service account is created")
+    v.collect(validate, obj)
+    v.raise_if_any()
 
 
 def set_identity(sa: ServiceAccount, trust_domain: str) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -33,12 +34,23 @@ _DNS_SUBDOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
+T = TypeVar("T")
+
 
 class Violations(list[tuple[str, str]]):
     """The bad fields of one request; `raise_if_any` turns them into an error."""
 
     def add(self, field: str, why: str) -> None:
         self.append((field, why))
+
+    def collect(self, check: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """`check(...)`, whose InvalidArgument is kept here rather than raised, so
+        that checks done in separate steps still make one error naming every field."""
+        try:
+            return check(*args, **kwargs)
+        except InvalidArgument as e:
+            self.extend(e.violations)
+            return None
 
     def raise_if_any(self) -> None:
         if self:
