@@ -641,6 +641,21 @@ def test_watch_json_prints_a_line_per_event_as_it_happens(ctl, watch, ns) -> Non
     _stop(proc, signal.SIGTERM)
 
 
+def test_watch_yaml_prints_a_document_per_event_as_it_happens(ctl, watch, ns) -> None:
+    proc, lines = watch("secrets", "-n", ns, "--initial", "-o", "yaml")
+    synced = lines.until("SYNCED", lambda line: "EVENT_TYPE_SYNCED" in line)
+    assert synced == ["---", "type: EVENT_TYPE_SYNCED"]
+
+    created = ctl("secret", "create", "during", "-n", ns, "--from-literal", "k=v", "-o", "json").json()
+    lines.until("the next document", lambda line: line == "---")
+    document = lines.until("the document's end", lambda line: line.startswith("  version:"))
+    event = yaml.safe_load("\n".join(document))
+    assert event["type"] == "EVENT_TYPE_ADDED"
+    assert event["revision"] == created["metadata"]["resource_version"]
+    assert event["secret"]["metadata"] == created["metadata"]
+    _stop(proc, signal.SIGTERM)
+
+
 def test_watch_table_filters_by_label_and_exits_0_on_ctrl_c(ctl, watch, ns) -> None:
     proc, lines = watch("workloads", "-n", ns, "-l", "app=web", "--initial")
     assert lines.next("SYNCED").split()[0] == "SYNCED"

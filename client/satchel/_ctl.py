@@ -58,11 +58,15 @@ def _dump(value: Any, output: str) -> None:
     if output == "json":
         print(json.dumps(value, indent=2, ensure_ascii=False))
     else:
-        try:
-            import yaml  # only for -o yaml: PyYAML is not a dependency of the client
-        except ImportError:
-            raise UsageError("-o yaml needs PyYAML (pip install PyYAML); -o json needs nothing") from None
-        print(yaml.safe_dump(value, sort_keys=False, allow_unicode=True), end="")
+        print(_yaml(value), end="")
+
+
+def _yaml(value: Any, *, document: bool = False) -> str:
+    try:
+        import yaml  # imported only for -o yaml: the client itself needs no PyYAML
+    except ImportError:
+        raise UsageError("-o yaml needs PyYAML (pip install PyYAML); -o json needs nothing") from None
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, explicit_start=document)
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
@@ -339,7 +343,8 @@ def _rotate(client: Client, args: argparse.Namespace) -> None:
 
 
 def _watch(client: Client, args: argparse.Namespace) -> None:
-    """Prints each event on its own line, flushed, until interrupted or the stream fails."""
+    """Prints each event as it comes (a line, or a YAML document), flushed, until
+    interrupted or the stream fails."""
     kind = _WATCHED[args.kind]
     stream = getattr(client, f"watch_{kind.plural}")(
         namespace=args.namespace or "",
@@ -351,6 +356,8 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
         for event in stream:
             if args.output == "json":
                 line = json.dumps(_to_dict(event), separators=(",", ":"), ensure_ascii=False)
+            elif args.output == "yaml":
+                line = _yaml(_to_dict(event), document=True).rstrip("\n")
             elif event.type == meta_pb2.EVENT_TYPE_BOOKMARK:
                 continue  # progress markers: only for machines (-o json)
             else:
@@ -550,7 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--since", type=int, default=0, metavar="REV", help="replay the events after revision REV")
     watch.add_argument("--initial", action="store_true", help="first every matching object as ADDED, then SYNCED")
     watch.add_argument(
-        "-o", "--output", choices=("table", "json"), default="table", help="table, or one JSON event per line"
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="table, one JSON event per line, or one YAML document (---) per event",
     )
     watch.set_defaults(run=_watch)
 
