@@ -212,6 +212,28 @@ async def test_audit_records_unauthenticated_requests(connect, pki, server, who:
     assert record["reason"] == f.message
 
 
+@pytest.mark.parametrize("method", ["/satchel.v1.SecretService/StealSecret", "/no.such.Service/Call"])
+async def test_an_unknown_method_is_an_audited_unimplemented_with_error_info(admin, server, method: str) -> None:
+    call = admin.channel.unary_unary(method)(b"\x0a\x01x", metadata=(("x-request-id", "r-unknown"),))
+
+    f = await failure(call, Code.UNIMPLEMENTED)  # one ErrorInfo, checked by failure()
+
+    assert f.info.reason == "METHOD_NOT_FOUND"
+    assert method in f.message
+    (record,) = _records(server.config.audit_log)
+    assert (record["request_id"], record["principal"], record["method"], record["code"]) == (
+        "r-unknown",
+        "user:admin",
+        method,
+        "UNIMPLEMENTED",
+    )
+
+
+async def test_an_unknown_method_still_needs_a_spiffe_id(connect, pki) -> None:
+    stranger = connect(pki.no_spiffe)
+    await failure(stranger.channel.unary_unary("/no.such.Service/Call")(b""), Code.UNAUTHENTICATED)
+
+
 async def test_request_ids_are_made_when_missing(admin, server) -> None:
     request = secret_pb2.ListSecretsRequest()
     await admin.secrets.ListSecrets(request)

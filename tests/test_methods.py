@@ -54,3 +54,18 @@ def test_a_method_added_twice_is_refused() -> None:
 
     with pytest.raises(ValueError, match=r"^/satchel\.v1\.SecretService/\w+ is added twice$"):
         secret_pb2_grpc.add_SecretServiceServicer_to_server(secret_pb2_grpc.SecretServiceServicer(), table.registrar())
+
+
+def test_a_name_not_in_the_table_gets_the_unknown_handler_made_for_it() -> None:
+    asked: list[str] = []
+
+    def unknown(method: str) -> grpc.RpcMethodHandler:
+        asked.append(method)
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: None)
+
+    table = MethodTable(unknown=unknown)
+    secret_pb2_grpc.add_SecretServiceServicer_to_server(secret_pb2_grpc.SecretServiceServicer(), table.registrar())
+
+    assert table.service(Details("/satchel.v1.SecretService/GetSecret")) is not None
+    assert table.service(Details("/x.Y/Z")) is not None
+    assert asked == ["/x.Y/Z"]

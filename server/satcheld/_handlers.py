@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 from google.protobuf.message import Message
 
 from satchel.v1 import (
@@ -194,6 +195,19 @@ class Resources:
             txn.delete(kind, namespace, name)
 
         await self.store.write(write)
+
+
+def unknown_method(method: str) -> grpc.RpcMethodHandler:
+    """The answer to a method this server does not have, so that it is audited
+    and carries an ErrorInfo like every other error. Unary: a client of a
+    stream method that has not sent a message waits until it does."""
+
+    async def answer(request: bytes, context: object) -> None:
+        raise Unimplemented(
+            f"{method!r} is not a method of this server (reflection lists those it has)", reason="METHOD_NOT_FOUND"
+        )
+
+    return grpc.unary_unary_rpc_method_handler(answer, request_deserializer=bytes)
 
 
 def _later(what: str) -> Unimplemented:

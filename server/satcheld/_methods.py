@@ -22,10 +22,12 @@ Wrap = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
 
 
 class MethodTable(grpc.GenericRpcHandler):
-    """Full method name (`/package.Service/Method`) → handler."""
+    """Full method name (`/package.Service/Method`) → handler. A name not in the
+    table gets `unknown(name)` if given, else grpc's bare UNIMPLEMENTED."""
 
-    def __init__(self) -> None:
+    def __init__(self, unknown: Callable[[str], grpc.RpcMethodHandler] | None = None) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._unknown = unknown
 
     def registrar(self, wrap: Wrap | None = None) -> Registrar:
         """Adds services to this table, each handler passed through `wrap` if given."""
@@ -37,7 +39,11 @@ class MethodTable(grpc.GenericRpcHandler):
         self._handlers[method] = handler
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        return self._handlers.get(handler_call_details.method)
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None and self._unknown is not None:
+            return self._unknown(method)
+        return handler
 
 
 class Registrar:

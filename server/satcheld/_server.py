@@ -170,8 +170,9 @@ class Server:
         resources = _handlers.Resources(
             self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
         )
-        methods = MethodTable()
-        guarded = methods.registrar(Guard(self._audit, c.trust_domain).wrap)
+        guard = Guard(self._audit, c.trust_domain)
+        methods = MethodTable(unknown=lambda method: guard.wrap(method, _handlers.unknown_method(method)))
+        guarded = methods.registrar(guard.wrap)
         service_account_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
             _handlers.ServiceAccountService(resources), guarded
         )
