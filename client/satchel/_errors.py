@@ -29,7 +29,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
+
+from ._rpc_status import BAD_REQUEST_TYPE, ERROR_INFO_TYPE, BadRequest, ErrorInfo, Status
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _REQUEST_ID_KEY = "x-request-id"
@@ -211,14 +212,15 @@ def from_rpc_error(error: Any) -> SatchelError:
                 continue
             message = message or status.message
             for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    reason, metadata = info.reason, dict(info.metadata)
-                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    violations += [(v.field, v.description) for v in bad.field_violations]
+                try:
+                    if detail.type_url == ERROR_INFO_TYPE:
+                        info = ErrorInfo.FromString(detail.value)
+                        reason, metadata = info.reason, dict(info.metadata)
+                    elif detail.type_url == BAD_REQUEST_TYPE:
+                        bad = BadRequest.FromString(detail.value)
+                        violations += [(v.field, v.description) for v in bad.field_violations]
+                except DecodeError:
+                    continue
 
     cls = _BY_CODE.get(code, SatchelError)
     if code is grpc.StatusCode.OUT_OF_RANGE and reason == "REVISION_COMPACTED":
@@ -233,8 +235,8 @@ def from_rpc_error(error: Any) -> SatchelError:
     )
 
 
-def _parse_status(data: bytes) -> status_pb2.Status | None:
+def _parse_status(data: bytes) -> Any:
     try:
-        return status_pb2.Status.FromString(data)
+        return Status.FromString(data)
     except DecodeError:
         return None
