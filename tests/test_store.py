@@ -287,7 +287,7 @@ async def store(tmp_path) -> AsyncIterator[Store]:
 async def test_a_database_error_in_a_write_is_unavailable_and_the_writer_goes_on(store) -> None:
     def broken(txn):
         txn.put(SECRETS.make("never", namespace="default"))
-        txn.conn.execute("INSERT INTO no_such_table VALUES (1)")
+        txn.db.execute("INSERT INTO no_such_table VALUES (1)")
 
     with pytest.raises(Unavailable):
         await store.write(broken)
