@@ -246,6 +246,16 @@ async def test_explicit_form_names_a_database_it_cannot_create(pki, tmp_path) ->
     assert "listening on" not in out
 
 
+async def test_explicit_form_names_a_policy_that_is_not_yaml_in_one_line(pki, tmp_path) -> None:
+    policy = tmp_path / "broken-policy.yaml"
+    policy.write_text("admins: [alice\nrules: {\n")
+    code, err, out = await _fails(tmp_path, _explicit(pki, tmp_path, policy=str(policy)))
+
+    assert code == 2
+    assert len(err) == 1 and str(policy) in err[0] and "not valid YAML" in err[0], err
+    assert "listening on" not in out
+
+
 async def test_explicit_form_names_missing_flags_and_exits_2(pki, tmp_path) -> None:
     code, err, out = await _fails(tmp_path, _explicit(pki, tmp_path, **{"tls-key": None, "policy": None}))
 
