@@ -212,9 +212,20 @@ async def test_audit_records_unauthenticated_requests(connect, pki, server, who:
     assert record["reason"] == f.message
 
 
+# Every shape of call to a method the server lacks, each given a deadline so that
+# a server waiting for a request message fails the test instead of hanging it.
+UNKNOWN_CALLS = {
+    "unary": lambda ch, method, md: ch.unary_unary(method)(b"\x0a\x01x", metadata=md, timeout=CALL_TIMEOUT),
+    "server-stream": lambda ch, method, md: ch.unary_stream(method)(b"", metadata=md, timeout=CALL_TIMEOUT).read(),
+    "client-stream-of-none": lambda ch, method, md: ch.stream_unary(method)(iter(()), metadata=md, timeout=CALL_TIMEOUT),
+    "bidi-that-sends-nothing": lambda ch, method, md: ch.stream_stream(method)(metadata=md, timeout=CALL_TIMEOUT).read(),
+}
+
+
+@pytest.mark.parametrize("shape", UNKNOWN_CALLS, ids=list(UNKNOWN_CALLS))
 @pytest.mark.parametrize("method", ["/satchel.v1.SecretService/StealSecret", "/no.such.Service/Call"])
-async def test_an_unknown_method_is_an_audited_unimplemented_with_error_info(admin, server, method: str) -> None:
-    call = admin.channel.unary_unary(method)(b"\x0a\x01x", metadata=(("x-request-id", "r-unknown"),))
+async def test_an_unknown_method_is_an_audited_unimplemented_with_error_info(admin, server, method: str, shape: str) -> None:
+    call = UNKNOWN_CALLS[shape](admin.channel, method, (("x-request-id", "r-unknown"),))
 
     f = await failure(call, Code.UNIMPLEMENTED)  # one ErrorInfo, checked by failure()
 

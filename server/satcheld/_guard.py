@@ -25,7 +25,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,28 +143,36 @@ class Guard:
         audit = self._audit
         begin, authenticate = self._begin, self._authenticate
         parse = _parser(handler.request_deserializer)
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
 
-            async def unary_unary(raw: bytes, context: aio.ServicerContext) -> Any:
+        def single_response(answer: Callable[[Any, aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Any]:
+            async def guarded(request: Any, context: aio.ServicerContext) -> Any:
                 metadata = context.invocation_metadata()
                 req = begin(method, context, metadata)
                 code = grpc.StatusCode.OK
                 try:
                     authenticate(req, context, metadata)
-                    return await inner(parse(raw), context)
+                    return await answer(request, context)
                 except BaseException as e:
                     code = _code_of(e)
                     await _abort(e, context, req)
                 finally:
                     audit.write(req, code)
 
-            # Handlers may answer with bytes serialized earlier (Get responses are cached).
+            return guarded
+
+        # Handlers may answer with bytes serialized earlier (Get responses are cached).
+        serialize = _serializer(handler.response_serializer)
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
             return handler._replace(
-                unary_unary=unary_unary,
+                unary_unary=single_response(lambda raw, context: inner(parse(raw), context)),
                 request_deserializer=None,
-                response_serializer=_serializer(handler.response_serializer),
+                response_serializer=serialize,
             )
+        if handler.stream_unary is not None:
+            # grpc parses the requests it hands over; the one such handler, the
+            # answer to an unknown method, reads none.
+            return handler._replace(stream_unary=single_response(handler.stream_unary), response_serializer=serialize)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
@@ -185,7 +193,7 @@ class Guard:
             # Streaming handlers (the Watch RPCs) yield events the watch hub has already
             # serialized, once per view, so grpc sends their bytes as they are.
             return handler._replace(unary_stream=unary_stream, request_deserializer=None, response_serializer=None)
-        raise TypeError(f"{method}: only unary and server-streaming methods are guarded")
+        raise TypeError(f"{method}: bidirectional streaming methods are not guarded")
 
 
 def _serializer(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:

@@ -199,15 +199,15 @@ class Resources:
 
 def unknown_method(method: str) -> grpc.RpcMethodHandler:
     """The answer to a method this server does not have, so that it is audited
-    and carries an ErrorInfo like every other error. Unary: a client of a
-    stream method that has not sent a message waits until it does."""
+    and carries an ErrorInfo like every other error. Request-streaming, and
+    reading no request, it answers every shape of call at once."""
 
-    async def answer(request: bytes, context: object) -> None:
+    async def answer(requests: object, context: object) -> None:
         raise Unimplemented(
             f"{method!r} is not a method of this server (reflection lists those it has)", reason="METHOD_NOT_FOUND"
         )
 
-    return grpc.unary_unary_rpc_method_handler(answer, request_deserializer=bytes)
+    return grpc.stream_unary_rpc_method_handler(answer)
 
 
 def _later(what: str) -> Unimplemented:
