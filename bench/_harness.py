@@ -1,7 +1,7 @@
 """What the benches share: the server subprocesses (satcheld --dev and a bare
-grpc.aio echo server on its certificates), CPU placement, CPU time, the
-command-line scaffolding. Imported by bench/unary.py and bench/fanout.py, run
-as scripts, so this directory is on sys.path."""
+grpc.aio echo server on its certificates), CPU placement, CPU time, a run of
+calls kept in flight (`measure`), the command-line scaffolding. Imported by
+the scripts beside it, run as scripts, so this directory is on sys.path."""
 
 from __future__ import annotations
 
