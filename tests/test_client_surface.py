@@ -6,8 +6,11 @@ each test scripts it, so that the client is tested without the real server's rul
 """
 
 import asyncio
+import importlib.metadata
 import inspect
 import re
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -708,3 +711,39 @@ def test_a_listing_that_keeps_breaking_keeps_backing_off(monkeypatch):
     resume.received(watch_event(ADDED, 3))
     resume.received(watch_event(SYNCED, 3))
     assert resume.broken(unavailable) == (0, 0.1), "a completed listing resets the backoff"
+
+
+# The server's dependencies; DESIGN.md: the client needs only grpcio + protobuf (+ cryptography).
+SERVER_ONLY = (
+    "googleapis-common-protos",
+    "grpcio-status",
+    "grpcio-health-checking",
+    "grpcio-reflection",
+    "PyJWT",
+    "sqlite-utils",
+    "PyYAML",
+)
+
+
+def _modules_of(distribution: str) -> set[str]:
+    """The importable names a distribution installs (google.* down to its own packages)."""
+    names = set()
+    for file in importlib.metadata.distribution(distribution).files or ():
+        parts = file.parts
+        if parts[0] == ".." or parts[0].endswith((".dist-info", ".data")) or not file.name.endswith((".py", ".so")):
+            continue
+        names.add(f"google.{parts[1]}" if parts[0] == "google" else parts[0].removesuffix(".py").split(".")[0])
+    return names
+
+
+def test_every_client_module_loads_without_the_servers_dependencies() -> None:
+    blocked = sorted(set().union(*map(_modules_of, SERVER_ONLY)))
+    assert {"google.rpc", "grpc_status", "sqlite_utils", "yaml", "jwt"} <= set(blocked)
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import satchel\n"
+        "for module in pkgutil.walk_packages(satchel.__path__, 'satchel.'): importlib.import_module(module.name)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -61,12 +61,16 @@ def _dump(value: Any, output: str) -> None:
         print(_yaml(value), end="")
 
 
-def _yaml(value: Any, *, document: bool = False) -> str:
+def _yaml_module() -> Any:
     try:
         import yaml  # imported only for -o yaml: the client itself needs no PyYAML
     except ImportError:
         raise UsageError("-o yaml needs PyYAML (pip install PyYAML); -o json needs nothing") from None
-    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, explicit_start=document)
+    return yaml
+
+
+def _yaml(value: Any, *, document: bool = False) -> str:
+    return _yaml_module().safe_dump(value, sort_keys=False, allow_unicode=True, explicit_start=document)
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
@@ -346,6 +350,8 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
     """Prints each event as it comes (a line, or a YAML document), flushed, until
     interrupted or the stream fails."""
     kind = _WATCHED[args.kind]
+    if args.output == "yaml":
+        _yaml_module()  # a missing PyYAML is said now, not at the first event
     stream = getattr(client, f"watch_{kind.plural}")(
         namespace=args.namespace or "",
         label_selector=args.selector,

@@ -212,11 +212,12 @@ def from_rpc_error(error: Any) -> SatchelError:
                 continue
             message = message or status.message
             for detail in status.details:
+                type_name = detail.type_url.rpartition("/")[2]  # as Any.Is: any URL prefix
                 try:
-                    if detail.type_url == ERROR_INFO_TYPE:
+                    if type_name == ERROR_INFO_TYPE:
                         info = ErrorInfo.FromString(detail.value)
                         reason, metadata = info.reason, dict(info.metadata)
-                    elif detail.type_url == BAD_REQUEST_TYPE:
+                    elif type_name == BAD_REQUEST_TYPE:
                         bad = BadRequest.FromString(detail.value)
                         violations += [(v.field, v.description) for v in bad.field_violations]
                 except DecodeError:

@@ -1,11 +1,12 @@
 """The three google.rpc messages the client reads from a failed call's
 `grpc-status-details-bin` trailer: Status, ErrorInfo and BadRequest.
 
-Built here, field for field as in googleapis' google/rpc/*.proto, in a
-descriptor pool of their own, so that the client needs only grpcio and
-protobuf (no googleapis-common-protos), and does not clash with that package's
-definitions where it is installed too (as in the server). `Any` details are
-matched by their type URL, which is all the wire carries.
+Built here with the fields the client reads, under googleapis' field numbers
+(google/rpc/status.proto and error_details.proto), in a descriptor pool of
+their own: the client then needs only grpcio and protobuf (no
+googleapis-common-protos), and does not clash with that package's definitions
+where it is installed too (as in the server). A detail, a google.protobuf.Any
+on the wire, is read as its two fields and known by its type URL's last part.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _F = descriptor_pb2.FieldDescriptorProto
-ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
-BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+ERROR_INFO_TYPE = "google.rpc.ErrorInfo"
+BAD_REQUEST_TYPE = "google.rpc.BadRequest"
 
 
 def _field(name: str, number: int, type_: int, *, repeated: bool = False, message: str = "") -> _F:

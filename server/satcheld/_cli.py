@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         config = _dev_config(args) if args.dev else _explicit_config(args)
         asyncio.run(_serve(config, args.dev))
     except ConfigError as e:
-        print(f"satcheld: {e}", file=sys.stderr)
+        # One line, whatever the cause's own message spans (PyYAML's span several).
+        print(f"satcheld: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,8 +8,8 @@ Nothing is registered with grpc as a "registered method", although the
 generated code asks for it. grpc.aio's serving loop keeps one pending
 request-call future per registered method and waits on all of them with
 `asyncio.wait` each time it accepts a call, so every registered method costs
-every call: with 30 of them a 300-byte echo took some 25-45 µs more server
-CPU per call (5-10% of its throughput) than with none (`bench/dispatch.py`).
+every call: with 30 of them a 300-byte echo took some 20-80 µs more server
+CPU per call (5-15% of its throughput) than with none (`bench/dispatch.py`).
 """
 
 from __future__ import annotations

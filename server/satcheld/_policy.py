@@ -33,8 +33,7 @@ class Policy:
         except OSError as e:
             raise PolicyError(f"cannot read policy file {path}: {e.strerror}") from None
         except yaml.YAMLError as e:
-            # PyYAML's messages span lines (problem, then where); the error is one line.
-            raise PolicyError(f"policy file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+            raise PolicyError(f"policy file {path} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise PolicyError(f"policy file {path}: expected a mapping at the top level")
         admins = raw.get("admins") or []

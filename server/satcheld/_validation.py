@@ -45,7 +45,8 @@ class Violations(list[tuple[str, str]]):
 
     def collect(self, check: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """`check(...)`, whose InvalidArgument is kept here rather than raised, so
-        that checks done in separate steps still make one error naming every field."""
+        that checks done in separate steps still make one error naming every
+        field; None if it failed. Its violations are kept, not its reason."""
         try:
             return check(*args, **kwargs)
         except InvalidArgument as e:
