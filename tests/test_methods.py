@@ -1,6 +1,6 @@
 """The server's method table: what the generated registration functions put in
-it, and what a call's method name finds. (Every method answering through the
-real server: tests/test_grpcurl.py, tests/test_serve.py.)"""
+it, what a call's method name finds, and every method of every service
+answering through the real server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from typing import NamedTuple
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool, message_factory
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
+from satchel import from_rpc_error
 from satchel.v1 import secret_pb2, secret_pb2_grpc
 from satcheld._methods import MethodTable
+from satcheld._server import SERVICE_NAMES
 
 
 class Details(NamedTuple):
@@ -69,3 +74,51 @@ def test_a_name_not_in_the_table_gets_the_unknown_handler_made_for_it() -> None:
     assert table.service(Details("/satchel.v1.SecretService/GetSecret")) is not None
     assert table.service(Details("/x.Y/Z")) is not None
     assert asked == ["/x.Y/Z"]
+
+
+async def _answer(channel: grpc.aio.Channel, service: str, method) -> str:  # noqa: ANN001
+    """The code a call with an empty request (watches: send_initial) ends with,
+    and the ErrorInfo reason if it failed."""
+    request = message_factory.GetMessageClass(method.input_type)()
+    if "send_initial" in request.DESCRIPTOR.fields_by_name:
+        request.send_initial = True  # SYNCED comes at once
+    path, raw = f"/{service}/{method.name}", request.SerializeToString()
+    try:
+        if method.server_streaming:
+            await channel.unary_stream(path)(raw, timeout=10).read()
+        else:
+            await channel.unary_unary(path)(raw, timeout=10)
+    except grpc.aio.AioRpcError as e:
+        return f"{e.code().name} {from_rpc_error(e).reason}"
+    return "OK"
+
+
+async def test_every_method_of_every_service_is_served(admin) -> None:
+    pool = descriptor_pool.Default()
+    answers = {}
+    for service in (*SERVICE_NAMES, "grpc.health.v1.Health"):
+        for method in pool.FindServiceByName(service).methods:
+            answers[f"{service}/{method.name}"] = await _answer(admin.channel, service, method)
+
+    unrouted = {m: a for m, a in answers.items() if a.startswith("UNIMPLEMENTED") and a != "UNIMPLEMENTED NOT_IMPLEMENTED"}
+    assert unrouted == {}, "methods the server does not route"
+    failed = {m: a for m, a in answers.items() if a.startswith(("UNKNOWN", "INTERNAL"))}
+    assert failed == {}, "no request may cause UNKNOWN or INTERNAL"
+    assert answers["satchel.v1.SecretService/ListSecrets"] == "OK"
+    for method in ("Check", "List", "Watch"):
+        assert answers[f"grpc.health.v1.Health/{method}"] == "OK", method
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_both_reflection_services_are_served(admin, version: str) -> None:
+    call = admin.channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo")(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()]), timeout=10
+    )
+    response = reflection_pb2.ServerReflectionResponse.FromString(await call.read())
+    assert "satchel.v1.SecretService" in {s.name for s in response.list_services_response.service}
+
+
+async def test_health_lists_the_server_and_every_service_as_serving(admin) -> None:
+    raw = await admin.channel.unary_unary("/grpc.health.v1.Health/List")(b"", timeout=10)
+    statuses = {name: s.status for name, s in health_pb2.HealthListResponse.FromString(raw).statuses.items()}
+    assert statuses == {name: health_pb2.HealthCheckResponse.SERVING for name in ("", *SERVICE_NAMES)}

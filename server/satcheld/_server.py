@@ -38,6 +38,19 @@ SERVICE_NAMES = (
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
+class HealthService(health.aio.HealthServicer):
+    """The standard health service. grpcio-health-checking's aio servicer leaves
+    List to the generated base class, which raises: an UNKNOWN status."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        statuses = dict(self._server_status)  # the base class's table, which Check reads too
+        return health_pb2.HealthListResponse(
+            statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in statuses.items()}
+        )
+
+
 class ConfigError(Exception):
     """A file the server needs is missing, unreadable or malformed."""
 
@@ -122,7 +135,7 @@ class Server:
         self.hub: WatchHub | None = None
         self._tasks: list[asyncio.Task] = []
         self._audit: AuditLog | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = HealthService()
         self.address = ""
 
     def _credentials(self) -> grpc.ServerCredentials:
