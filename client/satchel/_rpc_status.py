@@ -18,60 +18,44 @@ ERROR_INFO_TYPE = "google.rpc.ErrorInfo"
 BAD_REQUEST_TYPE = "google.rpc.BadRequest"
 
 
-def _field(name: str, number: int, type_: int, *, repeated: bool = False, message: str = "") -> _F:
-    label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
-    return _F(name=name, number=number, type=type_, label=label, type_name=message or None)
+def _scalar(name: str, number: int, type_: int) -> _F:
+    return _F(name=name, number=number, type=type_, label=_F.LABEL_OPTIONAL)
 
 
-def _file() -> descriptor_pb2.FileDescriptorProto:
-    string, bytes_, int32, message = _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_INT32, _F.TYPE_MESSAGE
-    entry = descriptor_pb2.DescriptorProto(
-        name="MetadataEntry",
-        field=[_field("key", 1, string), _field("value", 2, string)],
-        options=descriptor_pb2.MessageOptions(map_entry=True),
-    )
-    violation = descriptor_pb2.DescriptorProto(
-        name="FieldViolation", field=[_field("field", 1, string), _field("description", 2, string)]
-    )
-    return descriptor_pb2.FileDescriptorProto(
-        name="satchel/_rpc_status.proto",
-        package="google.rpc",
-        syntax="proto3",
-        message_type=[
-            # google.protobuf.Any's two fields, under a name of this file.
-            descriptor_pb2.DescriptorProto(name="Detail", field=[_field("type_url", 1, string), _field("value", 2, bytes_)]),
-            descriptor_pb2.DescriptorProto(
-                name="Status",
-                field=[
-                    _field("code", 1, int32),
-                    _field("message", 2, string),
-                    _field("details", 3, message, repeated=True, message=".google.rpc.Detail"),
-                ],
-            ),
-            descriptor_pb2.DescriptorProto(
-                name="ErrorInfo",
-                field=[
-                    _field("reason", 1, string),
-                    _field("domain", 2, string),
-                    _field("metadata", 3, message, repeated=True, message=".google.rpc.ErrorInfo.MetadataEntry"),
-                ],
-                nested_type=[entry],
-            ),
-            descriptor_pb2.DescriptorProto(
-                name="BadRequest",
-                field=[
-                    _field(
-                        "field_violations", 1, message, repeated=True, message=".google.rpc.BadRequest.FieldViolation"
-                    )
-                ],
-                nested_type=[violation],
-            ),
-        ],
-    )
+def _repeated(name: str, number: int, message: str) -> _F:
+    return _F(name=name, number=number, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED, type_name=f".google.rpc.{message}")
 
+
+def _message(name: str, *fields: _F, nested: tuple = (), map_entry: bool = False) -> descriptor_pb2.DescriptorProto:
+    options = descriptor_pb2.MessageOptions(map_entry=True) if map_entry else None
+    return descriptor_pb2.DescriptorProto(name=name, field=fields, nested_type=nested, options=options)
+
+
+_STRING, _BYTES, _INT32 = _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_INT32
+_FILE = descriptor_pb2.FileDescriptorProto(
+    name="satchel/_rpc_status.proto",
+    package="google.rpc",
+    syntax="proto3",
+    message_type=[
+        _message("Detail", _scalar("type_url", 1, _STRING), _scalar("value", 2, _BYTES)),  # Any's two fields
+        _message("Status", _scalar("code", 1, _INT32), _scalar("message", 2, _STRING), _repeated("details", 3, "Detail")),
+        _message(
+            "ErrorInfo",
+            _scalar("reason", 1, _STRING),
+            _scalar("domain", 2, _STRING),
+            _repeated("metadata", 3, "ErrorInfo.MetadataEntry"),
+            nested=(_message("MetadataEntry", _scalar("key", 1, _STRING), _scalar("value", 2, _STRING), map_entry=True),),
+        ),
+        _message(
+            "BadRequest",
+            _repeated("field_violations", 1, "BadRequest.FieldViolation"),
+            nested=(_message("FieldViolation", _scalar("field", 1, _STRING), _scalar("description", 2, _STRING)),),
+        ),
+    ],
+)
 
 _pool = descriptor_pool.DescriptorPool()
-_pool.Add(_file())
+_pool.Add(_FILE)
 Status = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.Status"))
 ErrorInfo = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.ErrorInfo"))
 BadRequest = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.BadRequest"))
