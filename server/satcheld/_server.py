@@ -45,9 +45,9 @@ class HealthService(health.aio.HealthServicer):
     async def List(
         self, request: health_pb2.HealthListRequest, context: aio.ServicerContext
     ) -> health_pb2.HealthListResponse:
-        statuses = dict(self._server_status)  # the base class's table, which Check reads too
+        statuses = self._server_status.items()  # the base class's table, which Check reads too
         return health_pb2.HealthListResponse(
-            statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in statuses.items()}
+            statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in statuses}
         )
 
 
