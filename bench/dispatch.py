@@ -28,7 +28,7 @@ import grpc
 # This script's directory is on sys.path.
 import _harness
 from _harness import Result
-from satcheld._methods import MethodTable
+from satcheld.api import MethodTable
 
 ECHO_SERVICE, ECHO = "satchel.bench.Echo", "/satchel.bench.Echo/Echo"
 WAYS = ("none", "table", "registered")

@@ -18,8 +18,8 @@ from cryptography.x509.oid import NameOID
 
 from satchel import _certs
 from satchel.v1 import secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
-from satcheld._keyring import KeyRing
-from satcheld._policy import Policy
+from satcheld.store import KeyRing
+from satcheld.auth import Policy
 from satcheld._server import Server, ServerConfig
 
 TRUST_DOMAIN = "satchel.local"

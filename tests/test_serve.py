@@ -184,8 +184,8 @@ async def test_a_port_in_use_is_an_error(tmp_path) -> None:
 
 
 def _explicit(pki: Pki, tmp_path: Path, **change: str) -> list[str]:
-    from satcheld._keyring import KeyRing
-    from satcheld._policy import Policy
+    from satcheld.store import KeyRing
+    from satcheld.auth import Policy
 
     key_file, policy = tmp_path / "encryption.key", tmp_path / "policy.yaml"
     if not key_file.exists():

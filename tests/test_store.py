@@ -22,10 +22,11 @@ from conftest import Pki, Stubs, db_bytes, make_config, migrations_applied, secu
 from failures import failure
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, hashed
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
-from satcheld._keyring import KeyFileError, KeyRing
+from satcheld.store import KeyFileError, KeyRing
 from satcheld._server import Server
-from satcheld._errors import AlreadyExists, Unavailable
-from satcheld._store import MIGRATIONS, Store, _Batch
+from satcheld.errors import AlreadyExists, Unavailable
+from satcheld.store import MIGRATIONS, SqliteStore as Store
+from satcheld.store._sqlite import _Batch
 
 Code = grpc.StatusCode
 
@@ -281,7 +282,7 @@ async def store(tmp_path) -> AsyncIterator[Store]:
     KeyRing.create_file(tmp_path / "k")
     opened = Store(tmp_path / "s.db", KeyRing.load(tmp_path / "k"))
     yield opened
-    await asyncio.to_thread(opened.close)
+    await opened.close()
 
 
 async def test_a_database_error_in_a_write_is_unavailable_and_the_writer_goes_on(store) -> None:
@@ -291,7 +292,7 @@ async def test_a_database_error_in_a_write_is_unavailable_and_the_writer_goes_on
 
     with pytest.raises(Unavailable):
         await store.write(broken)
-    assert store.get("secrets", "default", "never") is None, "the failed write left nothing behind"
+    assert await store.get("secrets", "default", "never") is None, "the failed write left nothing behind"
     stored = await store.write(lambda txn: txn.put(SECRETS.make("after")))
     assert stored.metadata.resource_version == 1, "the failed write took no revision"
 
@@ -342,8 +343,8 @@ async def test_writes_in_one_batch_see_the_writes_before_them_and_never_a_failed
         [(Type.EVENT_TYPE_ADDED, "first"), (Type.EVENT_TYPE_MODIFIED, "first"), (Type.EVENT_TYPE_DELETED, "first")]
     ], "one batch, in order, without the failed write"
     assert [created.metadata.resource_version, relabeled.metadata.resource_version, deleted.metadata.resource_version] == [1, 2, 3]
-    assert store.get("secrets", "default", "first") is None
-    assert store.get("secrets", "default", "ghost") is None
+    assert await store.get("secrets", "default", "first") is None
+    assert await store.get("secrets", "default", "ghost") is None
 
 
 async def test_a_bug_while_committing_fails_that_batch_and_the_writer_goes_on(store, monkeypatch) -> None:
@@ -356,15 +357,15 @@ async def test_a_bug_while_committing_fails_that_batch_and_the_writer_goes_on(st
     monkeypatch.setattr(_Batch, "apply", broken_apply)
     with pytest.raises(Unavailable):
         await store.write(lambda txn: txn.put(SECRETS.make("lost", namespace="default")))
-    assert store.get("secrets", "default", "lost") is None
+    assert await store.get("secrets", "default", "lost") is None
 
     stored = await store.write(lambda txn: txn.put(SECRETS.make("after", namespace="default")))
     assert stored.metadata.resource_version == 1, "the failed batch took no revision"
-    assert store.get("secrets", "default", "after") is not None
+    assert await store.get("secrets", "default", "after") is not None
 
 
 async def test_writes_after_close_are_refused(store) -> None:
-    await asyncio.to_thread(store.close)
+    await store.close()
     with pytest.raises(Unavailable):
         await store.write(lambda txn: txn.put(SECRETS.make("late")))
 
@@ -374,10 +375,10 @@ async def test_compaction_keeps_the_configured_age_and_count(store) -> None:
         await store.write(lambda txn, i=i: txn.put(SECRETS.make(f"s{i}", namespace="default")))
     # Recent events stay, however few are asked for: both limits must be passed to forget.
     assert await store.compact(keep_seconds=3600, keep_events=1) == 0
-    assert len(store.history("secrets", 0, 10, lambda c: True, False)[1]) == 10
+    assert len((await store.history("secrets", 0, 10, lambda c: True, False))[1]) == 10
     # Old enough, but within the count: they stay too.
     assert await store.compact(keep_seconds=0, keep_events=10) == 0
     # Old and beyond the newest 4: forgotten, and the compact revision says so.
     assert await store.compact(keep_seconds=0, keep_events=4) == 6
-    compact, kept = store.history("secrets", 0, 10, lambda c: True, False)
+    compact, kept = await store.history("secrets", 0, 10, lambda c: True, False)
     assert compact == 6 and [c.revision for c in kept] == [7, 8, 9, 10]

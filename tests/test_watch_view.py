@@ -4,9 +4,9 @@ and what a view without read-data permission gets of a secret."""
 from __future__ import annotations
 
 from satchel.v1 import meta_pb2, secret_pb2
-from satcheld._labels import LabelSelector
-from satcheld._store import Change
-from satcheld._watch import View, encode
+from satcheld.model import LabelSelector
+from satcheld.store import Change
+from satcheld.watch import View, encode
 
 
 def _secret(labels: dict[str, str], value: bytes = b"v") -> secret_pb2.Secret:

@@ -18,9 +18,10 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from satchel._duration import parse_duration  # noqa: E402
 
-from ._keyring import KeyRing  # noqa: E402
-from ._policy import Policy  # noqa: E402
-from ._server import ConfigError, Server, ServerConfig  # noqa: E402
+from ._config import ConfigError, ServerConfig  # noqa: E402
+from ._server import Server  # noqa: E402
+from .auth import Policy  # noqa: E402
+from .store import KeyRing  # noqa: E402
 
 # Flags naming files, and what each file is (for one-line errors).
 _FILE_FLAGS = {

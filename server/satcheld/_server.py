@@ -1,107 +1,25 @@
-"""Assembles the server: TLS, the method table (services, health, reflection), store."""
+"""Assembles one server: reads its files, opens the store, builds the hub, the
+authorizer and the method table, listens on TLS, and runs the background tasks
+(bookmarks, history compaction) until stopped."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from satchel.v1 import secret_pb2, secret_pb2_grpc, service_account_pb2, service_account_pb2_grpc
-from satchel.v1 import token_pb2, token_pb2_grpc, workload_pb2, workload_pb2_grpc
-
-from . import _handlers, _reflection
-from ._guard import AuditLog, Guard
-from ._keyring import KeyRing
-from ._methods import MethodTable
-from ._paging import PageTokens
-from ._policy import Authorizer, Policy
-from ._store import Store
-from ._watch import WatchHub
+from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, method_table
+from .auth import Authorizer, Policy
+from .store import KeyRing, SqliteStore
+from .watch import WatchHub
+from ._config import ConfigError, ServerConfig, read_certificates, read_key
 
 log = logging.getLogger("satcheld")
 
-SERVICE_NAMES = (
-    service_account_pb2.DESCRIPTOR.services_by_name["ServiceAccountService"].full_name,
-    secret_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
-    workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"].full_name,
-    token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
-)
-
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-
-
-class HealthService(health.aio.HealthServicer):
-    """The standard health service. grpcio-health-checking's aio servicer leaves
-    List to the generated base class, which raises: an UNKNOWN status."""
-
-    async def List(
-        self, request: health_pb2.HealthListRequest, context: aio.ServicerContext
-    ) -> health_pb2.HealthListResponse:
-        statuses = self._server_status.items()  # the base class's table, which Check reads too
-        return health_pb2.HealthListResponse(
-            statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in statuses}
-        )
-
-
-class ConfigError(Exception):
-    """A file the server needs is missing, unreadable or malformed."""
-
-
-@dataclass
-class ServerConfig:
-    """Everything `satcheld serve` takes; `--dev` fills it in from a data directory."""
-
-    db: Path
-    tls_cert: Path
-    tls_key: Path
-    client_ca: Path
-    ca_cert: Path
-    ca_key: Path
-    policy: Path
-    encryption_key_file: Path
-    listen: str = "127.0.0.1:7443"
-    trust_domain: str = "satchel.local"
-    audit_log: Path | None = None
-    history_age: timedelta = timedelta(hours=1)
-    history_events: int = 100_000
-    bookmark_interval: timedelta = timedelta(seconds=10)
-    watch_buffer_events: int = 10_000  # per stream, before it is cut off
-    watch_buffer_bytes: int = 16 * 1024 * 1024
-    shutdown_grace: float = 5.0
-    extra_options: list[tuple[str, int]] = field(default_factory=list)
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
-
-
-def _read_certificates(path: Path, what: str) -> bytes:
-    pem = _read(path, what)
-    try:
-        x509.load_pem_x509_certificates(pem)
-    except ValueError:
-        raise ConfigError(f"{what} {path} holds no PEM certificate") from None
-    return pem
-
-
-def _read_key(path: Path, what: str) -> bytes:
-    pem = _read(path, what)
-    try:
-        serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{what} {path} holds no unencrypted PEM private key") from None
-    return pem
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -131,9 +49,9 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._grpc: aio.Server | None = None
-        self._store: Store | None = None
+        self._store: SqliteStore | None = None
         self.hub: WatchHub | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._audit: AuditLog | None = None
         self._health = HealthService()
         self.address = ""
@@ -141,8 +59,8 @@ class Server:
     def _credentials(self) -> grpc.ServerCredentials:
         c = self.config
         return grpc.ssl_server_credentials(
-            [(_read_key(c.tls_key, "TLS key"), _read_certificates(c.tls_cert, "TLS certificate"))],
-            root_certificates=_read_certificates(c.client_ca, "client CA"),
+            [(read_key(c.tls_key, "TLS key"), read_certificates(c.tls_cert, "TLS certificate"))],
+            root_certificates=read_certificates(c.client_ca, "client CA"),
             require_client_auth=True,
         )
 
@@ -156,10 +74,12 @@ class Server:
     async def _start(self) -> str:
         c = self.config
         if c.bookmark_interval.total_seconds() <= 0 or c.history_events < 1 or c.history_age.total_seconds() < 0:
-            raise ConfigError("--bookmark-interval must be above 0, --history-events at least 1, --history-age not negative")
+            raise ConfigError(
+                "--bookmark-interval must be above 0, --history-events at least 1, --history-age not negative"
+            )
         credentials = self._credentials()
-        _read_certificates(c.ca_cert, "CA certificate")
-        _read_key(c.ca_key, "CA key")
+        read_certificates(c.ca_cert, "CA certificate")
+        read_key(c.ca_key, "CA key")
         try:
             keyring = KeyRing.load(c.encryption_key_file)
             policy = Policy.load(c.policy)
@@ -170,7 +90,7 @@ class Server:
         except OSError as e:
             raise ConfigError(f"cannot open audit log {c.audit_log}: {e.strerror}") from None
         try:
-            self._store = Store(c.db, keyring)
+            self._store = SqliteStore(c.db, keyring)
         except Exception as e:
             raise ConfigError(f"cannot open database {c.db}: {e}") from None
 
@@ -180,23 +100,9 @@ class Server:
             buffer_events=c.watch_buffer_events,
             buffer_bytes=c.watch_buffer_bytes,
         )
-        resources = _handlers.Resources(
-            self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain
-        )
-        guard = Guard(self._audit, c.trust_domain)
-        methods = MethodTable(unknown=lambda method: guard.wrap(method, _handlers.unknown_method(method)))
-        guarded = methods.registrar(guard.wrap)
-        service_account_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
-            _handlers.ServiceAccountService(resources), guarded
-        )
-        secret_pb2_grpc.add_SecretServiceServicer_to_server(_handlers.SecretService(resources), guarded)
-        workload_pb2_grpc.add_WorkloadServiceServicer_to_server(_handlers.WorkloadService(resources), guarded)
-        token_pb2_grpc.add_TokenServiceServicer_to_server(_handlers.TokenService(), guarded)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, methods.registrar())
-        _reflection.enable(methods.registrar(), (*SERVICE_NAMES, health.SERVICE_NAME))
-        server = self._grpc = aio.server(
-            handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None
-        )
+        crud = Crud(self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain)
+        methods = method_table(crud, Guard(self._audit, c.trust_domain), self._health)
+        server = self._grpc = aio.server(handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None)
 
         host, _, port = c.listen.rpartition(":")
         try:
@@ -219,9 +125,7 @@ class Server:
         """Forgets history beyond the configured age and count; returns the compact revision."""
         assert self._store is not None
         c = self.config
-        return await self._store.compact(
-            keep_seconds=c.history_age.total_seconds(), keep_events=c.history_events
-        )
+        return await self._store.compact(keep_seconds=c.history_age.total_seconds(), keep_events=c.history_events)
 
     async def _run_compaction(self) -> None:
         interval = min(60.0, max(1.0, self.config.history_age.total_seconds() / 10))
@@ -245,7 +149,7 @@ class Server:
             await self._grpc.stop(self.config.shutdown_grace if grace is None else grace)
             self._grpc = None
         if self._store is not None:
-            await asyncio.to_thread(self._store.close)
+            await self._store.close()
             self._store = None
         if self._audit is not None:
             self._audit.close()

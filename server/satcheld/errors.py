@@ -1,4 +1,4 @@
-"""Domain errors and the one place they become gRPC statuses.
+"""The domain errors every room raises, and the gRPC code each stands for.
 
     SatchelError                      (code, reason, message)
     ├── InvalidArgument               INVALID_ARGUMENT, with field violations
@@ -14,9 +14,10 @@
     ├── DataLoss                      DATA_LOSS (stored data that cannot be opened)
     └── Unimplemented                 UNIMPLEMENTED
 
-Every status carries exactly one `google.rpc.ErrorInfo` (AIP-193); invalid
-arguments also carry a `google.rpc.BadRequest`. Messages are written for
-callers and never contain secret values or internal error text.
+Every room raises these; `satcheld.api` alone turns them into gRPC statuses
+(each with one `google.rpc.ErrorInfo`, AIP-193, and for invalid arguments a
+`google.rpc.BadRequest`). Messages are written for callers and never contain
+secret values or internal error text.
 """
 
 from __future__ import annotations
@@ -24,11 +25,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
-DOMAIN = "satchel.dev"
 
 
 class SatchelError(Exception):
@@ -49,20 +45,6 @@ class SatchelError(Exception):
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
 
-    def details(self) -> list[any_pb2.Any]:
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=DOMAIN, metadata=self.metadata
-        )
-        packed = any_pb2.Any()
-        packed.Pack(info)
-        return [packed]
-
-    def to_status(self) -> grpc.Status:
-        status = status_pb2.Status(
-            code=self.code.value[0], message=self.message, details=self.details()
-        )
-        return rpc_status.to_status(status)
-
 
 class InvalidArgument(SatchelError):
     code = grpc.StatusCode.INVALID_ARGUMENT
@@ -78,17 +60,6 @@ class InvalidArgument(SatchelError):
         self.violations = list(violations)
         text = "; ".join(f"{field}: {why}" for field, why in self.violations)
         super().__init__(f"invalid argument: {text}", reason=reason, metadata=metadata)
-
-    def details(self) -> list[any_pb2.Any]:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in self.violations
-            ]
-        )
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        return [*super().details(), packed]
 
 
 class NotFound(SatchelError):
@@ -144,14 +115,3 @@ class DataLoss(SatchelError):
 class Unimplemented(SatchelError):
     code = grpc.StatusCode.UNIMPLEMENTED
     default_reason = "NOT_IMPLEMENTED"
-
-
-def internal_status() -> grpc.Status:
-    """The status for a bug: no internal detail reaches the caller."""
-    info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN)
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    status = status_pb2.Status(
-        code=code_pb2.INTERNAL, message="internal error", details=[packed]
-    )
-    return rpc_status.to_status(status)

@@ -8,9 +8,7 @@ the process that holds the key ring anyway; it is never written anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ._store import Change
+from ..store import Change
 
 Key = tuple[str, str, str, bool]  # kind, namespace, name, with data
 
@@ -18,32 +16,42 @@ MAX_ENTRIES = 10_000
 MAX_BYTES = 64 << 20
 
 
-class ResponseCache:
+class GetCache:
     """Bytes by (kind, namespace, name, with data), bounded in count and size.
-    Used on the event loop only, where commits are published: a response built
-    before a commit is dropped when that commit is published, so none outlives
-    the object state it shows."""
+
+    Used on the event loop, where commits are published. A response is built
+    from a read made off the loop, and a commit may be published while that
+    read runs: `put` keeps a response only if no commit was published since the
+    `generation` read before it, so no entry is ever staler than the last
+    published commit; `forget` drops, at each commit, the entries it replaces.
+    """
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._entries: dict[Key, bytes] = {}
         self._bytes = 0
+        self.generation = 0  # +1 at every published commit
 
-    def get(self, key: Key, build: Callable[[], bytes]) -> bytes:
-        """The cached bytes for `key`, or `build()`'s, kept for next time.
-        What `build` raises propagates and nothing is kept."""
-        value = self._entries.get(key)
-        if value is None:
-            value = build()
-            if len(self._entries) >= self._max_entries or self._bytes + len(value) > self._max_bytes:
-                self.clear()  # a rare full reset beats per-entry bookkeeping on every hit
-            self._entries[key] = value
-            self._bytes += len(value)
-        return value
+    def get(self, key: Key) -> bytes | None:
+        return self._entries.get(key)
+
+    def put(self, key: Key, value: bytes, generation: int) -> None:
+        """Keeps `value`, built from a read begun at `generation`, unless a commit
+        was published since."""
+        if generation != self.generation:
+            return
+        if len(self._entries) >= self._max_entries or self._bytes + len(value) > self._max_bytes:
+            self.clear()  # a rare full reset beats per-entry bookkeeping on every hit
+        old = self._entries.get(key)
+        if old is not None:
+            self._bytes -= len(old)
+        self._entries[key] = value
+        self._bytes += len(value)
 
     def forget(self, changes: list[Change]) -> None:
         """A store listener: drops every response showing an object that changed."""
+        self.generation += 1
         entries = self._entries
         for change in changes:
             meta = change.obj.metadata

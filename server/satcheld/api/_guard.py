@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import itertools
 import json
 import json.encoder
@@ -32,8 +33,9 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from ._errors import InvalidArgument, SatchelError, Unauthenticated, internal_status
-from ._identity import Principal, principal_from_uris
+from ..auth import Principal, principal_from_uris
+from ..errors import InvalidArgument, SatchelError, Unauthenticated
+from ._status import internal_status, status_of
 
 log = logging.getLogger("satcheld")
 
@@ -182,7 +184,10 @@ class Guard:
                 code = grpc.StatusCode.OK
                 try:
                     authenticate(req, context, metadata)
-                    async for item in inner_stream(parse(raw), context):
+                    events = inner_stream(parse(raw), context)
+                    if inspect.isawaitable(events):  # checks the request, then returns the stream
+                        events = await events
+                    async for item in events:
                         yield item
                 except BaseException as e:
                     code = _code_of(e)
@@ -234,7 +239,7 @@ async def _abort(error: BaseException, context: aio.ServicerContext, req: Reques
     if isinstance(error, SatchelError):
         if not req.reason and error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             req.reason = error.message
-        await context.abort_with_status(_with_request_id(error.to_status(), req))
+        await context.abort_with_status(_with_request_id(status_of(error), req))
     if isinstance(error, (asyncio.CancelledError, GeneratorExit, aio.AbortError)):
         req.reason = req.reason or "cancelled"
         raise error

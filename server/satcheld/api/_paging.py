@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 
-from ._errors import InvalidArgument
+from ..errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ._errors import Unauthenticated
-from ._validation import is_dns_label, is_dns_subdomain
+from ..errors import Unauthenticated
+from ..model import is_dns_label, is_dns_subdomain
 
 USER, NODE, SERVICE_ACCOUNT = "user", "node", "sa"
 

@@ -1,8 +1,5 @@
-"""The authorizer: deny by default; admins named in the policy file may do everything.
-
-Per-subject rules, groups and the node authorizer build on this room; handlers
-and watch views ask it, never the policy file directly.
-"""
+"""The policy file: who is an admin (and, with the authorization work, groups
+and rules). Read and checked here; only the authorizer consults it."""
 
 from __future__ import annotations
 
@@ -12,8 +9,6 @@ from pathlib import Path
 
 import yaml
 
-from ._errors import PermissionDenied
-from ._identity import USER, Principal
 
 log = logging.getLogger("satcheld.policy")
 
@@ -52,21 +47,3 @@ class Policy:
             "groups: {}                       # user groups, used as group:<name>\n"
             "rules: []\n"
         )
-
-
-class Authorizer:
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-
-    def is_admin(self, principal: Principal) -> bool:
-        return principal.kind == USER and principal.name in self.policy.admins
-
-    def allowed(self, principal: Principal, verb: str, resource: str, namespace: str) -> bool:
-        return self.is_admin(principal)
-
-    def check(self, principal: Principal, verb: str, resource: str, namespace: str, name: str = "") -> None:
-        """Raises PermissionDenied unless allowed. Called before any lookup, so
-        a denied caller never learns whether the object exists."""
-        if not self.allowed(principal, verb, resource, namespace):
-            where = f"{resource} in namespace {namespace!r}" if namespace else resource
-            raise PermissionDenied(f"{principal} may not {verb} {where}")

@@ -1,5 +1,6 @@
-"""What each kind's fields mean: defaults, output-only fields, validation and
-update masks. Pure functions of protos; no I/O, no gRPC.
+"""The field rules of each kind: defaults, output-only and derived fields,
+validation of a whole object, update masks, and what a caller who may not read
+secret data sees. Pure functions of protos; no I/O, no gRPC.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from google.protobuf.message import Message
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
 
 from . import _kinds
-from ._errors import FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
 from ._validation import (
     MAX_OBJECT_BYTES,
     Violations,
@@ -78,8 +79,7 @@ def clear_output_only(obj: Message) -> None:
 
 def validate(obj: Message) -> None:
     """Raises InvalidArgument naming every bad field of `obj`."""
-    kind = _kinds.kind_of(obj)
-    f = _kinds.KINDS[kind].field
+    f = _kinds.kind_of(obj).field
     v = Violations()
     meta = obj.metadata
     check_namespace(v, f"{f}.metadata.namespace", meta.namespace)
@@ -154,9 +154,16 @@ def set_data_keys(secret: Secret) -> None:
     )
 
 
-def strip_data(secret: Secret) -> None:
-    """The secret as seen by a caller who may not read data: shape, no values."""
-    secret.ClearField("data")
+def visible(obj: Message, *, with_data: bool) -> Message:
+    """`obj` as a caller sees it: itself, or for a caller who may not read secret
+    data a copy with the shape (`data_keys`) and no values. Never changes `obj`,
+    which may be an object the store published to other listeners."""
+    if with_data or not isinstance(obj, Secret) or not obj.data:
+        return obj
+    shown = Secret()
+    shown.CopyFrom(obj)
+    shown.ClearField("data")
+    return shown
 
 
 def mask_paths(kind: str, request_obj: Message, mask: field_mask_pb2.FieldMask) -> list[str]:

@@ -1,61 +1,21 @@
-"""The three resource kinds and what the rest of the server needs to know of each."""
+"""The three kinds as the server names them, derived from the one registry in
+`satchel.kinds`: the server adds nothing to a kind but these short names."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from satchel.kinds import KINDS, Kind, kind_of
+from satchel.kinds import SECRETS as _SECRETS
+from satchel.kinds import SERVICE_ACCOUNTS as _SERVICE_ACCOUNTS
+from satchel.kinds import WORKLOADS as _WORKLOADS
 
-from google.protobuf.message import Message
+# The kind names the store, the policy file and the watch hub key on.
+SERVICE_ACCOUNTS = _SERVICE_ACCOUNTS.name
+SECRETS = _SECRETS.name
+WORKLOADS = _WORKLOADS.name
 
-from satchel.v1 import secret_pb2, service_account_pb2, workload_pb2
-
-SERVICE_ACCOUNTS = "serviceaccounts"
-SECRETS = "secrets"
-WORKLOADS = "workloads"
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str  # as the policy file and the store name it
-    message: type[Message]
-    field: str  # the request and watch-event field that carries one object
-    noun: str  # for messages to callers
-    watch_response: type[Message]
-    get_response: type[Message]
+__all__ = ["KINDS", "SECRETS", "SERVICE_ACCOUNTS", "WORKLOADS", "Kind", "kind_name", "kind_of"]
 
 
-KINDS: dict[str, Kind] = {
-    k.name: k
-    for k in (
-        Kind(
-            SERVICE_ACCOUNTS,
-            service_account_pb2.ServiceAccount,
-            "service_account",
-            "service account",
-            service_account_pb2.WatchServiceAccountsResponse,
-            service_account_pb2.GetServiceAccountResponse,
-        ),
-        Kind(
-            SECRETS,
-            secret_pb2.Secret,
-            "secret",
-            "secret",
-            secret_pb2.WatchSecretsResponse,
-            secret_pb2.GetSecretResponse,
-        ),
-        Kind(
-            WORKLOADS,
-            workload_pb2.Workload,
-            "workload",
-            "workload",
-            workload_pb2.WatchWorkloadsResponse,
-            workload_pb2.GetWorkloadResponse,
-        ),
-    )
-}
-
-
-def kind_of(obj: Message) -> str:
-    for kind in KINDS.values():
-        if isinstance(obj, kind.message):
-            return kind.name
-    raise TypeError(f"not a Satchel resource: {type(obj).__name__}")
+def kind_name(obj: object) -> str:
+    """The kind name of a resource message (TypeError for any other)."""
+    return kind_of(obj).name  # type: ignore[arg-type]

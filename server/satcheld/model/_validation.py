@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from satchel.v1 import secret_pb2
 
-from ._errors import InvalidArgument
+from ..errors import InvalidArgument
 
 MAX_SECRET_BYTES = 1024 * 1024
 MAX_ANNOTATION_BYTES = 256 * 1024

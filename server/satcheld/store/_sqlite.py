@@ -1,17 +1,17 @@
-"""The SQLite store: objects, the global revision counter and the event history.
+"""The SQLite store: objects, the global revision counter and the event history
+in one file (WAL), behind the `Store` interface.
 
 One writer thread owns the write connection and commits batches of queued
 write functions in one transaction (group commit: one fsync for many writes),
 each function with its own revision; a function's writes are kept aside and
-applied with the batch only if it returns. Reads use a separate connection
-and never block the writer (WAL). Secret data is sealed with the key ring
-before it touches the database.
+applied with the batch only if it returns. Reads run in a small pool of reader
+threads, each with its own connection, and never block the writer (WAL);
+reading, decoding and decrypting never run on the event loop.
 
-The connections are sqlite-utils `Database`s: its table API makes the schema
-and runs the migrations; rows are read and written with plain SQL through
-`Database.execute` (and its connection's `executemany` for a batch), because
-the table API looks the table up in the schema on every call, which cost
-CreateSecret some 7% of its throughput.
+Rows are read and written with plain SQL through sqlite-utils' `Database.execute`
+(and its connection's `executemany` for a batch), because the table API looks
+the table up in the schema on every call, which cost CreateSecret some 7% of its
+throughput; the table API makes the schema (`_migrations`).
 """
 
 from __future__ import annotations
@@ -20,154 +20,41 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import os
 import queue
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import sqlite_utils
-from cryptography.exceptions import InvalidTag
 from google.protobuf.message import Message
 
-from satchel.v1 import meta_pb2, secret_pb2
+from satchel.v1 import meta_pb2
 
-from . import _kinds
-from ._errors import DataLoss, NotFound, Unavailable
+from ..errors import DataLoss, NotFound, Unavailable
+from ..model import KINDS, kind_name
+from ._codec import Codec
+from ._interface import Change
 from ._keyring import KeyRing
+from ._migrations import connect, migrate
 
 T = TypeVar("T")
 log = logging.getLogger("satcheld.store")
 
 _BATCH = 256
+# Reads run here, off the event loop; each thread keeps its own connection.
+READER_THREADS = 4
 _GROUP_COMMIT_WINDOW = 0.004  # seconds a busy writer waits for company
 _STOP = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One object's change within a committed revision, as watchers see it."""
-
-    revision: int
-    kind: str
-    type: int  # meta_pb2.EventType
-    obj: Message  # the new state; the last state for DELETED (secrets with data)
-    prev: Message | None  # the state before a MODIFIED or DELETED, without data
-
-
 def etag_of(uid: str, resource_version: int) -> str:
     return hashlib.blake2b(f"{uid}/{resource_version}".encode(), digest_size=8).hexdigest()
-
-
-# Numbered migrations, applied in order and recorded in the `migrations` table.
-def _m1_initial(db: sqlite_utils.Database) -> None:
-    db["state"].create({"id": int, "revision": int, "compact_revision": int}, pk="id")
-    db["state"].insert({"id": 1, "revision": 0, "compact_revision": 0})
-    db["objects"].create(
-        {
-            "kind": str,
-            "namespace": str,
-            "name": str,
-            "uid": str,
-            "resource_version": int,
-            "body": bytes,
-            "sealed": bytes,
-        },
-        pk=("kind", "namespace", "name"),
-    )
-    db["events"].create(
-        {
-            "revision": int,
-            "seq": int,
-            "time_ns": int,
-            "kind": str,
-            "type": int,
-            "body": bytes,
-            "sealed": bytes,
-            "prev_body": bytes,
-        },
-        pk=("revision", "seq"),
-    )
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
-    (1, "initial", _m1_initial),
-]
-
-
-def _connect(path: Path) -> sqlite_utils.Database:
-    if not path.exists():
-        # SQLite gives the -wal and -shm files the database file's mode.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=10000")
-    conn.execute("PRAGMA foreign_keys=ON")
-    # No sqlite-utils plugins: nothing installed beside Satchel gets a hook into the store.
-    return sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
-
-
-def migrate(db: sqlite_utils.Database) -> None:
-    if "migrations" not in db.table_names():
-        db["migrations"].create({"id": int, "name": str, "applied_at": str}, pk="id")
-    done = {row["id"] for row in db["migrations"].rows}
-    for number, name, apply in MIGRATIONS:
-        if number in done:
-            continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            apply(db)
-            db["migrations"].insert(
-                {"id": number, "name": name, "applied_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            )
-            db.commit()
-        except BaseException:
-            db.rollback()
-            raise
-
-
-class _Codec:
-    """Turns objects into rows and back; seals secret data on the way in."""
-
-    def __init__(self, keyring: KeyRing) -> None:
-        self.keyring = keyring
-
-    @staticmethod
-    def body(obj: Message) -> bytes:
-        """The object's serialization without secret data."""
-        if isinstance(obj, secret_pb2.Secret) and obj.data:
-            bare = secret_pb2.Secret()
-            bare.CopyFrom(obj)
-            bare.ClearField("data")
-            return bare.SerializeToString()
-        return obj.SerializeToString()
-
-    def encode(self, obj: Message) -> tuple[bytes, bytes | None]:
-        if isinstance(obj, secret_pb2.Secret):
-            payload = secret_pb2.Secret(data=obj.data).SerializeToString(deterministic=True)
-            sealed = self.keyring.seal(payload, uid=obj.metadata.uid, version=obj.version)
-            return self.body(obj), sealed
-        return obj.SerializeToString(), None
-
-    def decode(self, kind: str, body: bytes, sealed: bytes | None, with_data: bool = True) -> Message:
-        obj = _kinds.KINDS[kind].message.FromString(body)
-        if sealed is not None and with_data:
-            try:
-                payload = self.keyring.open(sealed, uid=obj.metadata.uid, version=obj.version)
-            except (InvalidTag, KeyError, IndexError, UnicodeDecodeError):
-                meta = obj.metadata
-                raise DataLoss(
-                    f"the data of secret {meta.namespace}/{meta.name} cannot be decrypted with the key ring"
-                ) from None
-            # The payload is a Secret holding only `data`: merging it sets the data.
-            obj.MergeFromString(payload)
-        return obj
 
 
 _Key = tuple[str, str, str]  # kind, namespace, name
@@ -245,7 +132,7 @@ class Txn:
     jobs before it in the batch; all its changes share one revision, assigned on
     the first change. Its writes reach SQLite only if it returns normally."""
 
-    def __init__(self, batch: _Batch, codec: _Codec) -> None:
+    def __init__(self, batch: _Batch, codec: Codec) -> None:
         self._batch = batch
         self._codec = codec
         self._before = batch.revision
@@ -277,7 +164,7 @@ class Txn:
 
     def put(self, obj: Message) -> Message:
         """Creates or replaces `obj`, filling uid, resource_version, etag and times."""
-        kind = _kinds.kind_of(obj)
+        kind = kind_name(obj)
         meta = obj.metadata
         key = (kind, meta.namespace, meta.name)
         row = self._row(key)
@@ -342,17 +229,18 @@ class _Job:
     future: asyncio.Future
 
 
-class Store:
+class SqliteStore:
     """Objects and history in one SQLite file, created and migrated when opened."""
 
-    def __init__(self, path: Path, keyring: KeyRing) -> None:
+    def __init__(self, path: Path, keyring: KeyRing, *, readers: int = READER_THREADS) -> None:
         self.path = Path(path)
-        self._codec = _Codec(keyring)
-        writer = _connect(self.path)
+        self._codec = Codec(keyring)
+        writer = connect(self.path)
         migrate(writer)
         self._writer = writer
         self._readers = threading.local()
         self._all_readers: list[sqlite_utils.Database] = []
+        self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="satchel-store-reader")
         self._revision = self._committed_revision(writer)
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._listeners: list[Callable[[list[Change]], None]] = []
@@ -364,7 +252,7 @@ class Store:
 
     # -- writes -----------------------------------------------------------
 
-    async def write(self, fn: Callable[[Txn], T]) -> T:
+    async def write(self, fn: Callable[[Txn], T]) -> T:  # type: ignore[override]
         """Runs `fn(txn)` in the writer thread; returns its result once durable.
         All writes come from one event loop, the one listeners run on."""
         loop = asyncio.get_running_loop()
@@ -389,9 +277,9 @@ class Store:
         by the moment between a commit and its publication on the event loop."""
         return self._revision
 
-    def committed_revision(self) -> int:
+    async def committed_revision(self) -> int:
         """The last revision committed to the database (what List reports)."""
-        return self._committed_revision(self._reader())
+        return await self._read(lambda: self._committed_revision(self._reader()))
 
     def _run(self) -> None:
         busy = False  # whether writes arrived while the last batch committed
@@ -467,22 +355,30 @@ class Store:
         for listener in self._listeners:
             listener(changes)
 
-    # -- reads ------------------------------------------------------------
+    # -- reads: each runs in a reader thread ----------------------------
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        return asyncio.get_running_loop().run_in_executor(self._read_pool, fn, *args)
 
     def _reader(self) -> sqlite_utils.Database:
         """A read connection per thread: reads in WAL mode never block the writer."""
         db = getattr(self._readers, "db", None)
         if db is None:
-            db = self._readers.db = _connect(self.path)
+            db = self._readers.db = connect(self.path)
             self._all_readers.append(db)
         return db
 
-    def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
+    async def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
         """One object as last committed, or None."""
+        return await self._read(self._get, kind, namespace, name, with_data)
+
+    def _get(self, kind: str, namespace: str, name: str, with_data: bool) -> Message | None:
         row = self._reader().execute(_SELECT_ROW, (kind, namespace, name)).fetchone()
         return None if row is None else self._codec.decode(kind, row[0], row[1], with_data)
 
-    def list(
+    async def list(
         self,
         kind: str,
         *,
@@ -496,6 +392,18 @@ class Store:
         """Up to `limit` matching objects after `after` in (namespace, name) order,
         and fewer if they would exceed `max_bytes` (never none, so a page always
         makes progress); whether more follow, and the revision they were read at."""
+        return await self._read(self._list, kind, namespace, after, limit, max_bytes, match, with_data)
+
+    def _list(
+        self,
+        kind: str,
+        namespace: str,
+        after: tuple[str, str],
+        limit: int,
+        max_bytes: int,
+        match: Callable[[Message], bool],
+        with_data: bool,
+    ) -> tuple[list[Message], bool, int]:
         db = self._reader()
         sql = "SELECT body, sealed FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
         args: list[Any] = [kind, *after]
@@ -521,12 +429,15 @@ class Store:
                 found.append(obj)
         return found, more, revision
 
-    def snapshot(
+    async def snapshot(
         self, kind: str, match: Callable[[Message], bool], with_data: bool
     ) -> tuple[int, list[Message]]:
         """The matching objects of `kind` and the revision they were read at, from
         one consistent read; data is opened only when asked for. Used for a
         watch's initial state."""
+        return await self._read(self._snapshot, kind, match, with_data)
+
+    def _snapshot(self, kind: str, match: Callable[[Message], bool], with_data: bool) -> tuple[int, list[Message]]:
         db = self._reader()
         with db.atomic():
             revision = self._committed_revision(db)
@@ -540,12 +451,17 @@ class Store:
                 found.append(self._codec.decode(kind, body, sealed) if sealed and with_data else obj)
         return revision, found
 
-    def history(
+    async def history(
         self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
     ) -> tuple[int, list[Change]]:
         """The compact revision (history after it is complete) and the recorded
         changes of `kind` in revisions (after, upto] that are `relevant`, in
         order; data is opened only when asked for."""
+        return await self._read(self._history, kind, after, upto, relevant, with_data)
+
+    def _history(
+        self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
+    ) -> tuple[int, list[Change]]:
         db = self._reader()
         with db.atomic():
             compact = db.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
@@ -554,7 +470,7 @@ class Store:
                 " WHERE kind=? AND revision > ? AND revision <= ? ORDER BY revision, seq",
                 (kind, after, upto),
             ).fetchall()
-        message = _kinds.KINDS[kind].message
+        message = KINDS[kind].message
         changes = []
         for revision, event_type, body, sealed, prev in rows:
             change = Change(
@@ -608,14 +524,19 @@ class Store:
     def _committed_revision(db: sqlite_utils.Database) -> int:
         return db.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Stops the writer after the queued writes and closes the database."""
+        await asyncio.to_thread(self.close_now)
+
+    def close_now(self) -> None:
+        """`close`, blocking: for callers with no event loop."""
         if self._closed:
             return
         with self._closing:
             self._closed = True
             self._queue.put(_STOP)
         self._thread.join()
+        self._read_pool.shutdown(wait=True)
         self._writer.close()
         for db in self._all_readers:
             db.close()

@@ -11,132 +11,18 @@ RESOURCE_EXHAUSTED and resumes from its last revision.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
-from google.protobuf.message import Message
-
-from satchel.v1 import meta_pb2, secret_pb2
-
-from ._errors import InvalidArgument, OutOfRange, ResourceExhausted, SatchelError, Unavailable
-from ._kinds import KINDS
-from ._labels import LabelSelector
-from ._store import Change, Store
+from ..errors import OutOfRange, SatchelError, Unavailable
+from ..model import KINDS
+from ..store import Change, Store
+from ._subscription import Subscription
+from ._view import ADDED, BOOKMARK, SYNCED, View, encode
 
 log = logging.getLogger("satcheld.watch")
 
-ADDED = meta_pb2.EVENT_TYPE_ADDED
-MODIFIED = meta_pb2.EVENT_TYPE_MODIFIED
-DELETED = meta_pb2.EVENT_TYPE_DELETED
-BOOKMARK = meta_pb2.EVENT_TYPE_BOOKMARK
-SYNCED = meta_pb2.EVENT_TYPE_SYNCED
-
-
 _HISTORY_CHUNK = 1000
-
-
-@dataclass(frozen=True)
-class View:
-    """What one stream may see. Streams with equal views share serialization."""
-
-    kind: str
-    namespace: str = ""
-    selector: LabelSelector = field(default_factory=LabelSelector)
-    with_data: bool = True
-
-    def matches(self, obj: Message) -> bool:
-        meta = obj.metadata
-        return (not self.namespace or meta.namespace == self.namespace) and self.selector.matches(meta.labels)
-
-    def event_for(self, change: Change) -> int | None:
-        """The event type this view sees for `change`: objects whose labels move
-        them into or out of the view are ADDED or DELETED for it."""
-        if change.kind != self.kind:
-            return None
-        now = change.type != DELETED and self.matches(change.obj)
-        before = change.prev is not None and self.matches(change.prev)
-        if change.type == DELETED:
-            return DELETED if before else None
-        if now:
-            return MODIFIED if before else ADDED
-        return DELETED if before else None
-
-
-def encode(view: View, event_type: int, revision: int, obj: Message | None = None) -> bytes:
-    kind = KINDS[view.kind]
-    response = kind.watch_response(type=event_type, revision=revision)
-    if obj is not None:
-        target = getattr(response, kind.field)
-        target.CopyFrom(obj)
-        if not view.with_data and isinstance(target, secret_pb2.Secret):
-            target.ClearField("data")
-    return response.SerializeToString()
-
-
-class Subscription:
-    """One stream's bounded buffer of (revision, serialized event, is a bookmark)."""
-
-    __slots__ = ("view", "floor", "_items", "_bytes", "_waiter", "_failure", "idle_since", "last_revision", "_limits")
-
-    def __init__(self, view: View, floor: int, limits: tuple[int, int], now: float) -> None:
-        self.view = view
-        self.floor = floor  # events at or below this revision were already sent
-        self._items: collections.deque[tuple[int, bytes, bool]] = collections.deque()
-        self._bytes = 0
-        self._waiter: asyncio.Future | None = None
-        self._failure: SatchelError | None = None
-        self._limits = limits
-        self.idle_since = now
-        self.last_revision = floor
-
-    def push(self, revision: int, payload: bytes, bookmark: bool = False) -> None:
-        if self._failure is not None:
-            return
-        max_events, max_bytes = self._limits
-        if len(self._items) >= max_events or self._bytes + len(payload) > max_bytes:
-            self.fail(
-                ResourceExhausted(
-                    "the watch fell behind its buffer and was cut off; resume from the last revision received",
-                    reason="WATCH_BUFFER_OVERFLOW",
-                    metadata={"last_revision": str(self.last_revision)},
-                )
-            )
-            return
-        self._items.append((revision, payload, bookmark))
-        self._bytes += len(payload)
-        self._wake()
-
-    def fail(self, error: SatchelError) -> None:
-        """Ends the stream with `error` once it asks for its next event; frees the buffer."""
-        if self._failure is None:
-            self._failure = error
-            self._items.clear()
-            self._bytes = 0
-            self._wake()
-
-    @property
-    def idle(self) -> bool:
-        return not self._items
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def next(self) -> tuple[int, bytes, bool]:
-        while True:
-            if self._failure is not None:
-                raise self._failure
-            if self._items:
-                item = self._items.popleft()
-                self._bytes -= len(item[1])
-                return item
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
 
 
 class WatchHub:
@@ -226,17 +112,9 @@ class WatchHub:
 
     async def stream(self, view: View, *, since_revision: int, send_initial: bool) -> AsyncIterator[bytes]:
         """The serialized events of one Watch call, in revision order, without
-        gaps or duplicates between its initial part and the live tail."""
-        if since_revision < 0:
-            raise InvalidArgument([("since_revision", "must not be negative")])
-        if since_revision > self.revision:
-            # Checked against the database: a List may report a revision that is
-            # committed but not yet published here.
-            latest = await asyncio.to_thread(self._store.committed_revision)
-            if since_revision > latest:
-                raise InvalidArgument(
-                    [("since_revision", f"revision {since_revision} is in the future (the latest is {latest})")]
-                )
+        gaps or duplicates between its initial part and the live tail. The
+        request was validated by the caller (`since_revision` is not negative
+        and not beyond the committed revision)."""
         sub = self._subscribe(view)  # first, so nothing committed from now on is missed
         loop = asyncio.get_running_loop()
         try:
@@ -269,7 +147,7 @@ class WatchHub:
         yield revision, encode(view, BOOKMARK, revision)
 
     async def _initial(self, view: View) -> AsyncIterator[tuple[int, bytes]]:
-        revision, objects = await asyncio.to_thread(self._store.snapshot, view.kind, view.matches, view.with_data)
+        revision, objects = await self._store.snapshot(view.kind, view.matches, view.with_data)
         for obj in objects:
             yield revision, encode(view, ADDED, revision, obj)
         yield revision, encode(view, SYNCED, revision)
@@ -278,9 +156,7 @@ class WatchHub:
         after = since
         while after < upto:
             last = min(upto, after + _HISTORY_CHUNK)
-            compact, changes = await asyncio.to_thread(
-                self._store.history, view.kind, after, last, _has_event_for(view), view.with_data
-            )
+            compact, changes = await self._store.history(view.kind, after, last, _has_event_for(view), view.with_data)
             if after < compact:  # events after `after` are gone; those up to it were sent
                 raise OutOfRange(
                     f"revision {after} has been compacted (history starts after {compact}); list again",

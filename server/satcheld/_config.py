@@ -1,0 +1,64 @@
+"""What `satcheld serve` takes (`ServerConfig`), and reading the files it names
+with one-line errors (`ConfigError`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+
+class ConfigError(Exception):
+    """A file the server needs is missing, unreadable or malformed."""
+
+
+@dataclass
+class ServerConfig:
+    """Everything `satcheld serve` takes; `--dev` fills it in from a data directory."""
+
+    db: Path
+    tls_cert: Path
+    tls_key: Path
+    client_ca: Path
+    ca_cert: Path
+    ca_key: Path
+    policy: Path
+    encryption_key_file: Path
+    listen: str = "127.0.0.1:7443"
+    trust_domain: str = "satchel.local"
+    audit_log: Path | None = None
+    history_age: timedelta = timedelta(hours=1)
+    history_events: int = 100_000
+    bookmark_interval: timedelta = timedelta(seconds=10)
+    watch_buffer_events: int = 10_000  # per stream, before it is cut off
+    watch_buffer_bytes: int = 16 * 1024 * 1024
+    shutdown_grace: float = 5.0
+    extra_options: list[tuple[str, int]] = field(default_factory=list)
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def read_certificates(path: Path, what: str) -> bytes:
+    pem = read_file(path, what)
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise ConfigError(f"{what} {path} holds no PEM certificate") from None
+    return pem
+
+
+def read_key(path: Path, what: str) -> bytes:
+    pem = read_file(path, what)
+    try:
+        serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{what} {path} holds no unencrypted PEM private key") from None
+    return pem

@@ -1,0 +1,22 @@
+"""The gRPC API: the method table every call goes through, the guard around each
+Satchel method (request id, authentication, the one error map, audit), the
+services and the CRUD they share, health and reflection. Uses auth, watch and
+store; nothing below imports it."""
+
+from ._assembly import SERVICE_NAMES, method_table
+from ._crud import Crud
+from ._guard import AuditLog, Guard
+from ._health import HealthService
+from ._methods import MethodTable
+from ._paging import PageTokens
+
+__all__ = [
+    "SERVICE_NAMES",
+    "AuditLog",
+    "Crud",
+    "Guard",
+    "HealthService",
+    "MethodTable",
+    "PageTokens",
+    "method_table",
+]

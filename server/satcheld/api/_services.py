@@ -1,0 +1,132 @@
+"""The gRPC servicers: each RPC is a line or two that hands its request to
+`Crud` (or, for what is not built yet, answers UNIMPLEMENTED)."""
+
+from __future__ import annotations
+
+import grpc
+
+from satchel.v1 import (
+    secret_pb2,
+    secret_pb2_grpc,
+    service_account_pb2,
+    service_account_pb2_grpc,
+    token_pb2_grpc,
+    workload_pb2,
+    workload_pb2_grpc,
+)
+
+from ..errors import Unimplemented
+from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
+from ._crud import Crud
+
+
+def unknown_method(method: str) -> grpc.RpcMethodHandler:
+    """The answer to a method this server does not have, so that it is audited
+    and carries an ErrorInfo like every other error. Request-streaming, and
+    reading no request, it answers every shape of call at once."""
+
+    async def answer(requests: object, context: object) -> None:
+        raise Unimplemented(
+            f"{method!r} is not a method of this server (reflection lists those it has)", reason="METHOD_NOT_FOUND"
+        )
+
+    return grpc.stream_unary_rpc_method_handler(answer)
+
+
+def _later(what: str) -> Unimplemented:
+    return Unimplemented(f"{what} is not implemented yet")
+
+
+class ServiceAccountService(service_account_pb2_grpc.ServiceAccountServiceServicer):
+    def __init__(self, crud: Crud) -> None:
+        self._r = crud
+
+    async def CreateServiceAccount(self, request, context):
+        sa = await self._r.create(SERVICE_ACCOUNTS, request.service_account)
+        return service_account_pb2.CreateServiceAccountResponse(service_account=sa)
+
+    async def GetServiceAccount(self, request, context):
+        return await self._r.get(SERVICE_ACCOUNTS, request.namespace, request.name)
+
+    async def ListServiceAccounts(self, request, context):
+        items, token, revision = await self._r.list(SERVICE_ACCOUNTS, request)
+        return service_account_pb2.ListServiceAccountsResponse(
+            service_accounts=items, next_page_token=token, revision=revision
+        )
+
+    async def UpdateServiceAccount(self, request, context):
+        sa = await self._r.update(SERVICE_ACCOUNTS, request.service_account, request.update_mask)
+        return service_account_pb2.UpdateServiceAccountResponse(service_account=sa)
+
+    async def DeleteServiceAccount(self, request, context):
+        await self._r.delete(SERVICE_ACCOUNTS, request.namespace, request.name, request.etag)
+        return service_account_pb2.DeleteServiceAccountResponse()
+
+    async def WatchServiceAccounts(self, request, context):
+        return await self._r.watch(SERVICE_ACCOUNTS, request)
+
+    async def IssueCertificate(self, request, context):
+        raise _later("IssueCertificate")
+
+
+class SecretService(secret_pb2_grpc.SecretServiceServicer):
+    def __init__(self, crud: Crud) -> None:
+        self._r = crud
+
+    async def CreateSecret(self, request, context):
+        return secret_pb2.CreateSecretResponse(secret=await self._r.create(SECRETS, request.secret))
+
+    async def GetSecret(self, request, context):
+        return await self._r.get(SECRETS, request.namespace, request.name)
+
+    async def ListSecrets(self, request, context):
+        items, token, revision = await self._r.list(SECRETS, request)
+        return secret_pb2.ListSecretsResponse(secrets=items, next_page_token=token, revision=revision)
+
+    async def UpdateSecret(self, request, context):
+        secret = await self._r.update(SECRETS, request.secret, request.update_mask)
+        return secret_pb2.UpdateSecretResponse(secret=secret)
+
+    async def DeleteSecret(self, request, context):
+        await self._r.delete(SECRETS, request.namespace, request.name, request.etag)
+        return secret_pb2.DeleteSecretResponse()
+
+    async def RotateSecret(self, request, context):
+        raise _later("RotateSecret")
+
+    async def WatchSecrets(self, request, context):
+        return await self._r.watch(SECRETS, request)
+
+
+class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
+    def __init__(self, crud: Crud) -> None:
+        self._r = crud
+
+    async def CreateWorkload(self, request, context):
+        return workload_pb2.CreateWorkloadResponse(workload=await self._r.create(WORKLOADS, request.workload))
+
+    async def GetWorkload(self, request, context):
+        return await self._r.get(WORKLOADS, request.namespace, request.name)
+
+    async def ListWorkloads(self, request, context):
+        items, token, revision = await self._r.list(WORKLOADS, request)
+        return workload_pb2.ListWorkloadsResponse(workloads=items, next_page_token=token, revision=revision)
+
+    async def UpdateWorkload(self, request, context):
+        workload = await self._r.update(WORKLOADS, request.workload, request.update_mask)
+        return workload_pb2.UpdateWorkloadResponse(workload=workload)
+
+    async def DeleteWorkload(self, request, context):
+        await self._r.delete(WORKLOADS, request.namespace, request.name, request.etag)
+        return workload_pb2.DeleteWorkloadResponse()
+
+    async def WatchWorkloads(self, request, context):
+        return await self._r.watch(WORKLOADS, request)
+
+
+class TokenService(token_pb2_grpc.TokenServiceServicer):
+    async def ReviewToken(self, request, context):
+        raise _later("ReviewToken")
+
+    async def GetPublicKeys(self, request, context):
+        raise _later("GetPublicKeys")

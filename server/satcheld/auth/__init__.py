@@ -1,0 +1,18 @@
+"""Who is calling and what they may do: the principal from the verified client
+certificate, the policy file, the authorizer. Knows no SQL and no service."""
+
+from ._authorizer import Authorizer
+from ._identity import NODE, SERVICE_ACCOUNT, USER, Principal, parse_spiffe_id, principal_from_uris
+from ._policy import Policy, PolicyError
+
+__all__ = [
+    "NODE",
+    "SERVICE_ACCOUNT",
+    "USER",
+    "Authorizer",
+    "Policy",
+    "PolicyError",
+    "Principal",
+    "parse_spiffe_id",
+    "principal_from_uris",
+]

@@ -1,0 +1,44 @@
+"""The resource model: the kinds, their field rules and validation, label
+selectors. Pure functions of protos, no I/O: every other room may use it."""
+
+from ._fields import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_SERVICE_ACCOUNT,
+    apply_mask,
+    check_namespace_and_name,
+    mask_paths,
+    namespace_or_default,
+    prepare_create,
+    prepare_update,
+    same_content,
+    visible,
+)
+from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, kind_name, kind_of
+from ._labels import LabelSelector, Requirement
+from ._validation import MAX_OBJECT_BYTES, Violations, is_dns_label, is_dns_subdomain
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_SERVICE_ACCOUNT",
+    "KINDS",
+    "MAX_OBJECT_BYTES",
+    "SECRETS",
+    "SERVICE_ACCOUNTS",
+    "WORKLOADS",
+    "Kind",
+    "LabelSelector",
+    "Requirement",
+    "Violations",
+    "apply_mask",
+    "check_namespace_and_name",
+    "is_dns_label",
+    "is_dns_subdomain",
+    "kind_name",
+    "kind_of",
+    "mask_paths",
+    "namespace_or_default",
+    "prepare_create",
+    "prepare_update",
+    "same_content",
+    "visible",
+]

@@ -1,0 +1,20 @@
+"""The store: objects, revisions and history behind one interface (`Store`),
+with secret data sealed under the key ring. Knows nothing of callers: it
+imports no service, no authorizer and no watch view."""
+
+from ._interface import Change, Listener, Store, Transaction
+from ._keyring import KeyFileError, KeyRing
+from ._migrations import MIGRATIONS
+from ._sqlite import SqliteStore, etag_of
+
+__all__ = [
+    "MIGRATIONS",
+    "Change",
+    "KeyFileError",
+    "KeyRing",
+    "Listener",
+    "SqliteStore",
+    "Store",
+    "Transaction",
+    "etag_of",
+]

@@ -1,0 +1,115 @@
+"""The store's boundary: what the services, the watch hub and the compactor may
+ask of any backend (SQLite today; PostgreSQL for several replicas later).
+
+Every read is a coroutine, so a backend does its I/O, decoding and decryption
+off the event loop (SQLite: reader threads; PostgreSQL: an async driver).
+Writes are functions of a `Transaction`, run where the backend runs them (the
+SQLite writer thread) and committed durably before `write` returns; after each
+commit the backend calls its listeners on the event loop, in revision order,
+before any writer of that commit resumes. That ordering is what keeps caches
+fed by listeners (Get responses, watch views) never staler than a published
+commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One object's change within a committed revision, as listeners see it.
+    Listeners share the objects: none may change them."""
+
+    revision: int
+    kind: str
+    type: int  # meta_pb2.EventType
+    obj: Message  # the new state; the last state for DELETED (secrets with data)
+    prev: Message | None  # the state before a MODIFIED or DELETED, without data
+
+
+Listener = Callable[[list[Change]], None]
+
+
+class Transaction(Protocol):
+    """What a write function sees: reads include its own writes; all its changes
+    share one revision; it takes effect only if the function returns."""
+
+    @property
+    def revision(self) -> int: ...
+
+    def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None: ...
+
+    def put(self, obj: Message) -> Message:
+        """Creates or replaces `obj`, filling uid, resource_version, etag and times;
+        returns the stored object."""
+        ...
+
+    def delete(self, kind: str, namespace: str, name: str) -> Message:
+        """Deletes the object (NotFound if absent); returns its last state."""
+        ...
+
+
+class Store(Protocol):
+    """Objects of every kind, the global revision and the history of changes."""
+
+    @property
+    def revision(self) -> int:
+        """The last revision published to listeners."""
+        ...
+
+    def add_listener(self, listener: Listener) -> None:
+        """`listener(changes)` runs on the event loop after each commit, in revision order."""
+        ...
+
+    async def write(self, fn: Callable[[Transaction], T]) -> T:
+        """Runs `fn` in one transaction; returns its result once durable and published."""
+        ...
+
+    async def committed_revision(self) -> int:
+        """The last revision committed (which List reports); may lead `revision`."""
+        ...
+
+    async def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None: ...
+
+    async def list(
+        self,
+        kind: str,
+        *,
+        namespace: str = "",
+        after: tuple[str, str] = ("", ""),
+        limit: int,
+        max_bytes: int,
+        match: Callable[[Message], bool] = ...,
+        with_data: bool = True,
+    ) -> tuple[list[Message], bool, int]:
+        """Up to `limit` objects after `after` in (namespace, name) order that
+        `match`, fewer if they would pass `max_bytes` (never none); whether more
+        follow; the revision they were read at."""
+        ...
+
+    async def snapshot(self, kind: str, match: Callable[[Message], bool], with_data: bool) -> tuple[int, list[Message]]:
+        """The matching objects of `kind` and the revision of that one consistent read."""
+        ...
+
+    async def history(
+        self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
+    ) -> tuple[int, list[Change]]:
+        """The compact revision (history after it is complete) and the `relevant`
+        changes of `kind` in revisions (after, upto], in order."""
+        ...
+
+    async def compact(self, *, keep_seconds: float, keep_events: int) -> int:
+        """Forgets history both older than `keep_seconds` and beyond the newest
+        `keep_events` events; returns the compact revision."""
+        ...
+
+    async def close(self) -> None:
+        """Finishes the queued writes and releases the backend."""
+        ...

@@ -1,0 +1,80 @@
+"""The SQLite schema as numbered migrations, applied in order on open and
+recorded in the `migrations` table (sqlite-utils' table API makes the schema)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+
+# Numbered migrations, applied in order and recorded in the `migrations` table.
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["state"].create({"id": int, "revision": int, "compact_revision": int}, pk="id")
+    db["state"].insert({"id": 1, "revision": 0, "compact_revision": 0})
+    db["objects"].create(
+        {
+            "kind": str,
+            "namespace": str,
+            "name": str,
+            "uid": str,
+            "resource_version": int,
+            "body": bytes,
+            "sealed": bytes,
+        },
+        pk=("kind", "namespace", "name"),
+    )
+    db["events"].create(
+        {
+            "revision": int,
+            "seq": int,
+            "time_ns": int,
+            "kind": str,
+            "type": int,
+            "body": bytes,
+            "sealed": bytes,
+            "prev_body": bytes,
+        },
+        pk=("revision", "seq"),
+    )
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+    (1, "initial", _m1_initial),
+]
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    if not path.exists():
+        # SQLite gives the -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    # No sqlite-utils plugins: nothing installed beside Satchel gets a hook into the store.
+    return sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    if "migrations" not in db.table_names():
+        db["migrations"].create({"id": int, "name": str, "applied_at": str}, pk="id")
+    done = {row["id"] for row in db["migrations"].rows}
+    for number, name, apply in MIGRATIONS:
+        if number in done:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            apply(db)
+            db["migrations"].insert(
+                {"id": number, "name": name, "applied_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            )
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
