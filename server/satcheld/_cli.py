@@ -11,6 +11,7 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 # grpc's core logs its own copy of errors that satcheld reports in one line;
 # GRPC_VERBOSITY=debug (or info) brings them back. Set before grpc loads.
@@ -127,9 +128,10 @@ def _explicit_config(args: argparse.Namespace) -> ServerConfig:
         path = Path(getattr(args, flag))
         if flag != "db" and not os.access(path, os.R_OK):
             raise ConfigError(f"cannot read {what} {path}")
+    files: dict[str, Any] = {flag: Path(getattr(args, flag)) for flag in _FILE_FLAGS}
     return ServerConfig(
         listen=args.listen or "127.0.0.1:7443",
-        **{flag: Path(getattr(args, flag)) for flag in _FILE_FLAGS},
+        **files,
         trust_domain=args.trust_domain,
         audit_log=Path(args.audit_log) if args.audit_log else None,
         history_age=args.history_age,

@@ -6,16 +6,16 @@ model's field rules, then the store or the watch hub.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from google.protobuf import field_mask_pb2
-from google.protobuf.message import Message
 
 from satchel.v1 import service_account_pb2, workload_pb2
 
 from .. import model
 from ..auth import Authorizer
 from ..errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
-from ..model import KINDS, SERVICE_ACCOUNTS, WORKLOADS, LabelSelector, Violations
+from ..model import KINDS, SERVICE_ACCOUNTS, LabelSelector, R, Violations
 from ..store import Store, Transaction
 from ..watch import View, WatchHub
 from . import _guard
@@ -51,16 +51,16 @@ class Crud:
     def _shows_data(self, kind: str, namespace: str) -> bool:
         return self.authorizer.shows_data(_guard.principal(), kind, namespace)
 
-    async def create(self, kind: str, obj: Message) -> Message:
+    async def create(self, kind: str, obj: R) -> R:
         namespace = model.namespace_or_default(obj.metadata.namespace)
         self.authorize("create", kind, namespace, obj.metadata.name)
         model.prepare_create(obj, trust_domain=self.trust_domain)
 
-        def write(txn: Transaction) -> Message:
+        def write(txn: Transaction) -> R:
             meta = obj.metadata
             if txn.get(kind, meta.namespace, meta.name) is not None:
                 raise AlreadyExists(f"{KINDS[kind].noun} {meta.namespace}/{meta.name} already exists")
-            if kind == WORKLOADS:
+            if isinstance(obj, workload_pb2.Workload):
                 self._ensure_service_account(txn, obj)
             return txn.put(obj)
 
@@ -103,7 +103,9 @@ class Crud:
         self._get_cache.put(key, response, generation)
         return response
 
-    async def list(self, kind: str, request: Message) -> tuple[list[Message], str, int]:
+    async def list(self, kind: str, request: Any) -> tuple[list[Any], str, int]:
+        """A page of objects of `kind` for a ListXRequest, the next page's token
+        and the revision the page was read at."""
         namespace = request.namespace
         self.authorize("list", kind, namespace)
         query = (kind, namespace, request.label_selector)
@@ -130,7 +132,7 @@ class Crud:
             token = self._page_tokens.encode(query, (last.namespace, last.name))
         return items, token, revision
 
-    async def update(self, kind: str, obj: Message, mask: field_mask_pb2.FieldMask) -> Message:
+    async def update(self, kind: str, obj: R, mask: field_mask_pb2.FieldMask) -> R:
         namespace = model.namespace_or_default(obj.metadata.namespace)
         name = obj.metadata.name
         self.authorize("update", kind, namespace, name)
@@ -141,15 +143,19 @@ class Crud:
         assert paths is not None
         etag = obj.metadata.etag
 
-        def write(txn: Transaction) -> Message:
-            current = txn.get(kind, namespace, name)
+        def write(txn: Transaction) -> R:
+            current = cast(R | None, txn.get(kind, namespace, name))
             if current is None:
                 raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
             if etag and etag != current.metadata.etag:
                 raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {etag!r} was read")
             updated = model.apply_mask(current, obj, paths)
             model.prepare_update(current, updated)
-            if kind == WORKLOADS and updated.service_account != current.service_account:
+            if (
+                isinstance(updated, workload_pb2.Workload)
+                and isinstance(current, workload_pb2.Workload)
+                and updated.service_account != current.service_account
+            ):
                 self._ensure_service_account(txn, updated)
             if model.same_content(current, updated):
                 return current
@@ -158,7 +164,7 @@ class Crud:
         stored = await self.store.write(write)
         return model.visible(stored, with_data=self._shows_data(kind, namespace))
 
-    async def watch(self, kind: str, request: Message) -> AsyncIterator[bytes]:
+    async def watch(self, kind: str, request: Any) -> AsyncIterator[bytes]:
         """The serialized events of one Watch call (see WatchHub.stream), once the
         caller may watch and every field of the request is valid. The hub's
         stream is returned as it is, so that each event passes through as few

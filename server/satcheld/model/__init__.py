@@ -13,7 +13,7 @@ from ._fields import (
     same_content,
     visible,
 )
-from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, kind_name, kind_of
+from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, R, Kind, Resource, copy_of, kind_name, kind_of
 from ._labels import LabelSelector, Requirement
 from ._validation import MAX_OBJECT_BYTES, Violations, is_dns_label, is_dns_subdomain
 
@@ -26,11 +26,14 @@ __all__ = [
     "SERVICE_ACCOUNTS",
     "WORKLOADS",
     "Kind",
+    "R",
+    "Resource",
     "LabelSelector",
     "Requirement",
     "Violations",
     "apply_mask",
     "check_namespace_and_name",
+    "copy_of",
     "is_dns_label",
     "is_dns_subdomain",
     "kind_name",

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
 
 from . import _kinds
+from ._kinds import R, Resource, copy_of
 from ..errors import FailedPrecondition, InvalidArgument
 from ._validation import (
     MAX_OBJECT_BYTES,
@@ -60,7 +61,7 @@ def check_namespace_and_name(namespace: str, name: str | None = None, prefix: st
     v.raise_if_any()
 
 
-def clear_output_only(obj: Message) -> None:
+def clear_output_only(obj: Resource) -> None:
     """Drops whatever the caller may not set; the server fills it in."""
     meta: meta_pb2.ObjectMeta = obj.metadata
     for field in ("uid", "resource_version", "etag", "create_time", "update_time"):
@@ -77,7 +78,7 @@ def clear_output_only(obj: Message) -> None:
             obj.ClearField("rotation")
 
 
-def validate(obj: Message) -> None:
+def validate(obj: Resource) -> None:
     """Raises InvalidArgument naming every bad field of `obj`."""
     f = _kinds.kind_of(obj).field
     v = Violations()
@@ -119,7 +120,7 @@ def validate(obj: Message) -> None:
     v.raise_if_any()
 
 
-def prepare_create(obj: Message, *, trust_domain: str) -> None:
+def prepare_create(obj: Resource, *, trust_domain: str) -> None:
     """Turns a caller's object into the one to store (defaults, derived fields)."""
     clear_output_only(obj)
     meta = obj.metadata
@@ -154,19 +155,18 @@ def set_data_keys(secret: Secret) -> None:
     )
 
 
-def visible(obj: Message, *, with_data: bool) -> Message:
+def visible(obj: R, *, with_data: bool) -> R:
     """`obj` as a caller sees it: itself, or for a caller who may not read secret
     data a copy with the shape (`data_keys`) and no values. Never changes `obj`,
     which may be an object the store published to other listeners."""
     if with_data or not isinstance(obj, Secret) or not obj.data:
         return obj
-    shown = Secret()
-    shown.CopyFrom(obj)
+    shown = copy_of(obj)
     shown.ClearField("data")
     return shown
 
 
-def mask_paths(kind: str, request_obj: Message, mask: field_mask_pb2.FieldMask) -> list[str]:
+def mask_paths(kind: str, request_obj: Resource, mask: field_mask_pb2.FieldMask) -> list[str]:
     """The update paths a request names, checked against what may change."""
     field = _kinds.KINDS[kind].field
     allowed = MUTABLE_PATHS[kind]
@@ -182,7 +182,7 @@ def mask_paths(kind: str, request_obj: Message, mask: field_mask_pb2.FieldMask) 
     return list(dict.fromkeys(mask.paths))
 
 
-def _is_set(obj: Message, path: str) -> bool:
+def _is_set(obj: Resource, path: str) -> bool:
     *parents, leaf = path.split(".")
     for p in parents:
         if not obj.HasField(p):
@@ -195,13 +195,13 @@ def _is_set(obj: Message, path: str) -> bool:
     return bool(value)
 
 
-def apply_mask(current: Message, request_obj: Message, paths: Iterable[str]) -> Message:
+def apply_mask(current: R, request_obj: R, paths: Iterable[str]) -> R:
     """A copy of `current` with each path replaced by the request's value."""
-    updated = type(current)()
-    updated.CopyFrom(current)
+    updated = copy_of(current)
     for path in paths:
         *parents, leaf = path.split(".")
-        src, dst = request_obj, updated
+        src: Message = request_obj
+        dst: Message = updated
         for p in parents:
             src, dst = getattr(src, p), getattr(dst, p)
         descriptor = dst.DESCRIPTOR.fields_by_name[leaf]
@@ -209,8 +209,9 @@ def apply_mask(current: Message, request_obj: Message, paths: Iterable[str]) -> 
             dst.ClearField(leaf)
             target = getattr(dst, leaf)
             source = getattr(src, leaf)
-            if hasattr(target, "keys"):
-                if descriptor.message_type.fields_by_name["value"].message_type is None:
+            entry = descriptor.message_type  # a map field's entry type
+            if hasattr(target, "keys") and entry is not None:
+                if entry.fields_by_name["value"].message_type is None:
                     target.update(source)
                 else:
                     for k, val in source.items():
@@ -227,9 +228,9 @@ def apply_mask(current: Message, request_obj: Message, paths: Iterable[str]) -> 
     return updated
 
 
-def prepare_update(current: Message, updated: Message) -> None:
+def prepare_update(current: R, updated: R) -> None:
     """Kind rules for an update: immutability, version bumps, derived fields."""
-    if isinstance(current, Secret):
+    if isinstance(current, Secret) and isinstance(updated, Secret):
         _prepare_secret_update(current, updated)
     elif isinstance(updated, Workload):
         # As on create: an empty service account (e.g. `*` without one) means `default`.
@@ -270,11 +271,9 @@ def _prepare_secret_update(current: Secret, updated: Secret) -> None:
         set_data_keys(updated)
 
 
-def same_content(a: Message, b: Message) -> bool:
+def same_content(a: R, b: R) -> bool:
     """Whether an update would change nothing (timestamps and versions aside)."""
-    x, y = type(a)(), type(b)()
-    x.CopyFrom(a)
-    y.CopyFrom(b)
+    x, y = copy_of(a), copy_of(b)
     for m in (x, y):
         m.metadata.ClearField("update_time")
         m.metadata.ClearField("etag")

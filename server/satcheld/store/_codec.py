@@ -3,13 +3,14 @@ sealed with the key ring (AES-256-GCM bound to the object's uid and version)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from cryptography.exceptions import InvalidTag
-from google.protobuf.message import Message
 
 from satchel.v1 import secret_pb2
 
 from ..errors import DataLoss
-from ..model import KINDS, visible
+from ..model import KINDS, Resource, visible
 from ._keyring import KeyRing
 
 
@@ -20,20 +21,20 @@ class Codec:
         self.keyring = keyring
 
     @staticmethod
-    def body(obj: Message) -> bytes:
+    def body(obj: Resource) -> bytes:
         """The object's serialization without secret data."""
         return visible(obj, with_data=False).SerializeToString()
 
-    def encode(self, obj: Message) -> tuple[bytes, bytes | None]:
+    def encode(self, obj: Resource) -> tuple[bytes, bytes | None]:
         if isinstance(obj, secret_pb2.Secret):
             payload = secret_pb2.Secret(data=obj.data).SerializeToString(deterministic=True)
             sealed = self.keyring.seal(payload, uid=obj.metadata.uid, version=obj.version)
             return self.body(obj), sealed
         return obj.SerializeToString(), None
 
-    def decode(self, kind: str, body: bytes, sealed: bytes | None, with_data: bool = True) -> Message:
-        obj = KINDS[kind].message.FromString(body)
-        if sealed is not None and with_data:
+    def decode(self, kind: str, body: bytes, sealed: bytes | None, with_data: bool = True) -> Resource:
+        obj = cast(Resource, KINDS[kind].message.FromString(body))
+        if sealed is not None and with_data and isinstance(obj, secret_pb2.Secret):
             try:
                 payload = self.keyring.open(sealed, uid=obj.metadata.uid, version=obj.version)
             except (InvalidTag, KeyError, IndexError, UnicodeDecodeError):

@@ -17,9 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from google.protobuf.message import Message
+
+from ..model import R, Resource
 
 T = TypeVar("T")
+Match = Callable[[Resource], bool]
+Page = tuple[list[Resource], bool, int]  # the objects, whether more follow, the revision read at
+Snapshot = tuple[int, list[Resource]]  # the revision read at, the objects
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +34,12 @@ class Change:
     revision: int
     kind: str
     type: int  # meta_pb2.EventType
-    obj: Message  # the new state; the last state for DELETED (secrets with data)
-    prev: Message | None  # the state before a MODIFIED or DELETED, without data
+    obj: Resource  # the new state; the last state for DELETED (secrets with data)
+    prev: Resource | None  # the state before a MODIFIED or DELETED, without data
 
 
 Listener = Callable[[list[Change]], None]
+History = tuple[int, list[Change]]  # the compact revision, the changes
 
 
 class Transaction(Protocol):
@@ -44,14 +49,14 @@ class Transaction(Protocol):
     @property
     def revision(self) -> int: ...
 
-    def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None: ...
+    def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Resource | None: ...
 
-    def put(self, obj: Message) -> Message:
+    def put(self, obj: R) -> R:
         """Creates or replaces `obj`, filling uid, resource_version, etag and times;
         returns the stored object."""
         ...
 
-    def delete(self, kind: str, namespace: str, name: str) -> Message:
+    def delete(self, kind: str, namespace: str, name: str) -> Resource:
         """Deletes the object (NotFound if absent); returns its last state."""
         ...
 
@@ -76,7 +81,7 @@ class Store(Protocol):
         """The last revision committed (which List reports); may lead `revision`."""
         ...
 
-    async def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None: ...
+    async def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Resource | None: ...
 
     async def list(
         self,
@@ -86,21 +91,21 @@ class Store(Protocol):
         after: tuple[str, str] = ("", ""),
         limit: int,
         max_bytes: int,
-        match: Callable[[Message], bool] = ...,
+        match: Match = ...,
         with_data: bool = True,
-    ) -> tuple[list[Message], bool, int]:
+    ) -> Page:
         """Up to `limit` objects after `after` in (namespace, name) order that
         `match`, fewer if they would pass `max_bytes` (never none); whether more
         follow; the revision they were read at."""
         ...
 
-    async def snapshot(self, kind: str, match: Callable[[Message], bool], with_data: bool) -> tuple[int, list[Message]]:
+    async def snapshot(self, kind: str, match: Match, with_data: bool) -> Snapshot:
         """The matching objects of `kind` and the revision of that one consistent read."""
         ...
 
     async def history(
         self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
-    ) -> tuple[int, list[Change]]:
+    ) -> History:
         """The compact revision (history after it is complete) and the `relevant`
         changes of `kind` in revisions (after, upto], in order."""
         ...

@@ -14,9 +14,9 @@ import sqlite_utils
 
 # Numbered migrations, applied in order and recorded in the `migrations` table.
 def _m1_initial(db: sqlite_utils.Database) -> None:
-    db["state"].create({"id": int, "revision": int, "compact_revision": int}, pk="id")
-    db["state"].insert({"id": 1, "revision": 0, "compact_revision": 0})
-    db["objects"].create(
+    db.table("state").create({"id": int, "revision": int, "compact_revision": int}, pk="id")
+    db.table("state").insert({"id": 1, "revision": 0, "compact_revision": 0})
+    db.table("objects").create(
         {
             "kind": str,
             "namespace": str,
@@ -28,7 +28,7 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
         },
         pk=("kind", "namespace", "name"),
     )
-    db["events"].create(
+    db.table("events").create(
         {
             "revision": int,
             "seq": int,
@@ -63,15 +63,15 @@ def connect(path: Path) -> sqlite_utils.Database:
 
 def migrate(db: sqlite_utils.Database) -> None:
     if "migrations" not in db.table_names():
-        db["migrations"].create({"id": int, "name": str, "applied_at": str}, pk="id")
-    done = {row["id"] for row in db["migrations"].rows}
+        db.table("migrations").create({"id": int, "name": str, "applied_at": str}, pk="id")
+    done = {row["id"] for row in db.table("migrations").rows}
     for number, name, apply in MIGRATIONS:
         if number in done:
             continue
         db.execute("BEGIN IMMEDIATE")
         try:
             apply(db)
-            db["migrations"].insert(
+            db.table("migrations").insert(
                 {"id": number, "name": name, "applied_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             )
             db.commit()

@@ -29,17 +29,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlite_utils
-from google.protobuf.message import Message
 
 from satchel.v1 import meta_pb2
 
 from ..errors import DataLoss, NotFound, Unavailable
-from ..model import KINDS, kind_name
+from ..model import KINDS, R, Resource, copy_of, kind_name
 from ._codec import Codec
-from ._interface import Change
+from ._interface import Change, History, Listener, Match, Page, Snapshot, Transaction
 from ._keyring import KeyRing
 from ._migrations import connect, migrate
 
@@ -50,7 +49,7 @@ _BATCH = 256
 # Reads run here, off the event loop; each thread keeps its own connection.
 READER_THREADS = 4
 _GROUP_COMMIT_WINDOW = 0.004  # seconds a busy writer waits for company
-_STOP = object()
+_STOP = None  # queued by close(): the writer stops after the jobs before it
 
 
 def etag_of(uid: str, resource_version: int) -> str:
@@ -158,11 +157,11 @@ class Txn:
             return _stored(self.objects[key])
         return self._batch.row(key)
 
-    def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
+    def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Resource | None:
         row = self._row((kind, namespace, name))
         return None if row is None else self._codec.decode(kind, row[0], row[1], with_data)
 
-    def put(self, obj: Message) -> Message:
+    def put(self, obj: R) -> R:
         """Creates or replaces `obj`, filling uid, resource_version, etag and times."""
         kind = kind_name(obj)
         meta = obj.metadata
@@ -170,8 +169,7 @@ class Txn:
         row = self._row(key)
         prev = None if row is None else self._codec.decode(kind, row[0], None, with_data=False)
         revision = self._next_revision()
-        stored = type(obj)()
-        stored.CopyFrom(obj)
+        stored = copy_of(obj)
         m: meta_pb2.ObjectMeta = stored.metadata
         if prev is None:
             m.uid = str(uuid.uuid4())
@@ -188,7 +186,7 @@ class Txn:
         self._record(kind, event_type, stored, body, sealed, prev)
         return stored
 
-    def delete(self, kind: str, namespace: str, name: str) -> Message:
+    def delete(self, kind: str, namespace: str, name: str) -> Resource:
         key = (kind, namespace, name)
         row = self._row(key)
         if row is None:
@@ -207,7 +205,7 @@ class Txn:
         self._record(kind, meta_pb2.EVENT_TYPE_DELETED, last, body, row[1], prev)
         return last
 
-    def _record(self, kind: str, event_type: int, obj: Message, body: bytes, sealed: bytes | None, prev: Message | None) -> None:
+    def _record(self, kind: str, event_type: int, obj: Resource, body: bytes, sealed: bytes | None, prev: Resource | None) -> None:
         self.changes.append(Change(self.revision, kind, event_type, obj, prev))
         self.events.append(
             (
@@ -242,8 +240,8 @@ class SqliteStore:
         self._all_readers: list[sqlite_utils.Database] = []
         self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="satchel-store-reader")
         self._revision = self._committed_revision(writer)
-        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
-        self._listeners: list[Callable[[list[Change]], None]] = []
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._listeners: list[Listener] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # where writers wait and listeners run
         self._closed = False
         self._closing = threading.Lock()
@@ -252,9 +250,12 @@ class SqliteStore:
 
     # -- writes -----------------------------------------------------------
 
-    async def write(self, fn: Callable[[Txn], T]) -> T:  # type: ignore[override]
+    async def write(self, fn: Callable[[Transaction], T]) -> T:
         """Runs `fn(txn)` in the writer thread; returns its result once durable.
         All writes come from one event loop, the one listeners run on."""
+        return await self._write(fn)
+
+    async def _write(self, fn: Callable[[Txn], T]) -> T:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -267,7 +268,7 @@ class SqliteStore:
             self._queue.put(_Job(fn, future))
         return await future
 
-    def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
+    def add_listener(self, listener: Listener) -> None:
         """`listener(changes)` runs on the event loop after each commit, in revision order."""
         self._listeners.append(listener)
 
@@ -285,7 +286,7 @@ class SqliteStore:
         busy = False  # whether writes arrived while the last batch committed
         while True:
             job = self._queue.get()
-            if job is _STOP:
+            if job is None:
                 return
             if busy:
                 # Group commit: under load, let more writes arrive so that one
@@ -298,12 +299,12 @@ class SqliteStore:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP:
+                if nxt is None:
                     self._queue.put(_STOP)
                     break
                 batch.append(nxt)
             try:
-                self._commit(batch)  # type: ignore[arg-type]
+                self._commit(batch)
             except Exception:  # a bug here must not leave every later write hanging
                 log.exception("the store writer failed a batch")
                 self._writer.rollback()
@@ -337,11 +338,15 @@ class SqliteStore:
             self._fail(jobs)
             return
         # One wake-up of the event loop per batch, not one per write.
-        self._loop.call_soon_threadsafe(self._finish, batch.changes, outcomes)
+        self._on_loop(self._finish, batch.changes, outcomes)
 
     def _fail(self, jobs: list[_Job]) -> None:
         error = Unavailable("the store could not commit the write; it was not applied")
-        self._loop.call_soon_threadsafe(self._finish, [], [(job, None, error) for job in jobs])
+        self._on_loop(self._finish, [], [(job, None, error) for job in jobs])
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None, "a job ran before any write set the loop"
+        self._loop.call_soon_threadsafe(fn, *args)
 
     def _finish(self, changes: list[Change], outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
         """On the event loop: listeners learn of a commit before its writers do."""
@@ -370,11 +375,11 @@ class SqliteStore:
             self._all_readers.append(db)
         return db
 
-    async def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Message | None:
+    async def get(self, kind: str, namespace: str, name: str, *, with_data: bool = True) -> Resource | None:
         """One object as last committed, or None."""
         return await self._read(self._get, kind, namespace, name, with_data)
 
-    def _get(self, kind: str, namespace: str, name: str, with_data: bool) -> Message | None:
+    def _get(self, kind: str, namespace: str, name: str, with_data: bool) -> Resource | None:
         row = self._reader().execute(_SELECT_ROW, (kind, namespace, name)).fetchone()
         return None if row is None else self._codec.decode(kind, row[0], row[1], with_data)
 
@@ -386,9 +391,9 @@ class SqliteStore:
         after: tuple[str, str] = ("", ""),
         limit: int,
         max_bytes: int,
-        match: Callable[[Message], bool] = lambda _obj: True,
+        match: Match = lambda _obj: True,
         with_data: bool = True,
-    ) -> tuple[list[Message], bool, int]:
+    ) -> Page:
         """Up to `limit` matching objects after `after` in (namespace, name) order,
         and fewer if they would exceed `max_bytes` (never none, so a page always
         makes progress); whether more follow, and the revision they were read at."""
@@ -401,9 +406,9 @@ class SqliteStore:
         after: tuple[str, str],
         limit: int,
         max_bytes: int,
-        match: Callable[[Message], bool],
+        match: Match,
         with_data: bool,
-    ) -> tuple[list[Message], bool, int]:
+    ) -> Page:
         db = self._reader()
         sql = "SELECT body, sealed FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
         args: list[Any] = [kind, *after]
@@ -411,7 +416,7 @@ class SqliteStore:
             sql += " AND namespace=?"
             args.append(namespace)
         sql += " ORDER BY namespace, name"
-        found: list[Message] = []
+        found: list[Resource] = []
         size = 0
         more = False
         with db.atomic():  # the revision and the rows from one snapshot
@@ -430,14 +435,14 @@ class SqliteStore:
         return found, more, revision
 
     async def snapshot(
-        self, kind: str, match: Callable[[Message], bool], with_data: bool
-    ) -> tuple[int, list[Message]]:
+        self, kind: str, match: Match, with_data: bool
+    ) -> Snapshot:
         """The matching objects of `kind` and the revision they were read at, from
         one consistent read; data is opened only when asked for. Used for a
         watch's initial state."""
         return await self._read(self._snapshot, kind, match, with_data)
 
-    def _snapshot(self, kind: str, match: Callable[[Message], bool], with_data: bool) -> tuple[int, list[Message]]:
+    def _snapshot(self, kind: str, match: Match, with_data: bool) -> Snapshot:
         db = self._reader()
         with db.atomic():
             revision = self._committed_revision(db)
@@ -453,7 +458,7 @@ class SqliteStore:
 
     async def history(
         self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
-    ) -> tuple[int, list[Change]]:
+    ) -> History:
         """The compact revision (history after it is complete) and the recorded
         changes of `kind` in revisions (after, upto] that are `relevant`, in
         order; data is opened only when asked for."""
@@ -461,7 +466,7 @@ class SqliteStore:
 
     def _history(
         self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
-    ) -> tuple[int, list[Change]]:
+    ) -> History:
         db = self._reader()
         with db.atomic():
             compact = db.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
@@ -478,7 +483,7 @@ class SqliteStore:
                 kind,
                 event_type,
                 self._codec.decode(kind, body, None, with_data=False),
-                None if prev is None else message.FromString(prev),
+                None if prev is None else cast(Resource, message.FromString(prev)),
             )
             if relevant(change):
                 if sealed and with_data:
@@ -493,7 +498,7 @@ class SqliteStore:
         Returns the compact revision: history after it is complete."""
         cutoff_ns = time.time_ns() - int(keep_seconds * 1e9)
         while True:
-            deleted, compact = await self.write(
+            deleted, compact = await self._write(
                 lambda txn: self._compact_chunk(txn.db, cutoff_ns, keep_events, max_rows)
             )
             if deleted < max_rows:

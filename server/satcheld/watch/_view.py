@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from google.protobuf.message import Message
 
 from satchel.v1 import meta_pb2
 
-from ..model import KINDS, LabelSelector, visible
+from ..model import KINDS, LabelSelector, Resource, visible
 from ..store import Change
 
 ADDED = meta_pb2.EVENT_TYPE_ADDED
@@ -27,7 +26,7 @@ class View:
     selector: LabelSelector = field(default_factory=LabelSelector)
     with_data: bool = True
 
-    def matches(self, obj: Message) -> bool:
+    def matches(self, obj: Resource) -> bool:
         meta = obj.metadata
         return (not self.namespace or meta.namespace == self.namespace) and self.selector.matches(meta.labels)
 
@@ -45,7 +44,7 @@ class View:
         return DELETED if before else None
 
 
-def encode(view: View, event_type: int, revision: int, obj: Message | None = None) -> bytes:
+def encode(view: View, event_type: int, revision: int, obj: Resource | None = None) -> bytes:
     kind = KINDS[view.kind]
     response = kind.response_type("watch")(type=event_type, revision=revision)
     if obj is not None:
