@@ -215,6 +215,21 @@ async def test_malformed_watch_requests_are_invalid_argument_naming_the_field(ad
     assert failure.fields == [field]
 
 
+@pytest.mark.parametrize(
+    ("request_fields", "fields"),
+    [
+        ({"namespace": "Not_A_Namespace", "since_revision": -1}, ["namespace", "since_revision"]),
+        ({"label_selector": "=web", "since_revision": -1}, ["label_selector", "since_revision"]),
+        ({"namespace": "Bad", "label_selector": "=web", "since_revision": 10**9}, ["namespace", "label_selector", "since_revision"]),
+    ],
+    ids=["namespace-and-negative-since", "selector-and-negative-since", "all-three-with-future-since"],
+)
+async def test_every_bad_field_of_a_watch_request_is_named_at_once(admin, request_fields, fields) -> None:
+    watcher = Watcher.open(admin, SECRETS, **request_fields)
+    failure = await watcher.failure(Code.INVALID_ARGUMENT)
+    assert failure.fields == fields
+
+
 # -- filters --------------------------------------------------------------------------
 
 

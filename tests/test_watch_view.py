@@ -4,7 +4,7 @@ and what a view without read-data permission gets of a secret."""
 from __future__ import annotations
 
 from satchel.v1 import meta_pb2, secret_pb2
-from satcheld.model import LabelSelector
+from satcheld.model import LabelSelector, visible
 from satcheld.store import Change
 from satcheld.watch import View, encode
 
@@ -36,3 +36,11 @@ def test_labels_moving_an_object_across_a_selector_are_added_and_deleted_for_tha
     assert view.event_for(Change(5, "secrets", modified, db, prev=db)) is None
     assert View("secrets", "other").event_for(Change(6, "secrets", modified, web, prev=web)) is None
     assert View("workloads").event_for(Change(7, "secrets", modified, web, prev=web)) is None
+
+
+def test_what_a_caller_without_read_data_sees_is_a_copy_and_the_original_keeps_its_data() -> None:
+    secret = _secret({}, b"s3cr3t")
+    shown = visible(secret, with_data=False)
+    assert shown is not secret and not shown.data and [k.name for k in shown.data_keys] == ["k"]
+    assert secret.data["k"] == b"s3cr3t", "hiding data changed the object others share (a published Change.obj)"
+    assert visible(secret, with_data=True) is secret
