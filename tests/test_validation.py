@@ -518,6 +518,13 @@ async def test_an_update_names_a_bad_name_and_a_bad_mask_at_once(admin, unchange
     await unchanged()
 
 
+async def test_an_update_names_a_bad_mask_and_a_bad_field_under_a_good_path_at_once(admin, unchanged) -> None:
+    request = SECRETS.make("keep", labels={"bad key!": "x"})
+    f = await failure(SECRETS.api(admin).update(request, ["metadata.labels", "no_such_field"]), Code.INVALID_ARGUMENT)
+    _rejected_fields({"update_mask", "secret.metadata.labels"}, f.fields)
+    await unchanged()
+
+
 async def test_a_token_secret_with_a_bad_key_names_both(admin, unchanged) -> None:
     secret = SECRETS.make("token", type=T.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, data={"a/b": b"v"})
     f = await failure(SECRETS.api(admin).create(secret), Code.INVALID_ARGUMENT)

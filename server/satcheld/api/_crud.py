@@ -139,18 +139,20 @@ class Crud:
         v = Violations()
         v.collect(model.check_namespace_and_name, namespace, name, prefix=f"{KINDS[kind].field}.metadata.")
         paths = v.collect(model.mask_paths, kind, obj, mask)
-        v.raise_if_any()
-        assert paths is not None
+        if paths is None:  # the valid paths are still applied and checked, so every bad field is named at once
+            paths = [path for path in mask.paths if path in model.MUTABLE_PATHS[kind]]
         etag = obj.metadata.etag
 
         def write(txn: Transaction) -> R:
             current = cast(R | None, txn.get(kind, namespace, name))
             if current is None:
+                v.raise_if_any()
                 raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
+            updated = model.apply_mask(current, obj, paths)
+            v.collect(model.prepare_update, current, updated)
+            v.raise_if_any()
             if etag and etag != current.metadata.etag:
                 raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {etag!r} was read")
-            updated = model.apply_mask(current, obj, paths)
-            model.prepare_update(current, updated)
             if (
                 isinstance(updated, workload_pb2.Workload)
                 and isinstance(current, workload_pb2.Workload)

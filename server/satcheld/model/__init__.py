@@ -4,6 +4,7 @@ selectors. Pure functions of protos, no I/O: every other room may use it."""
 from ._fields import (
     DEFAULT_NAMESPACE,
     DEFAULT_SERVICE_ACCOUNT,
+    MUTABLE_PATHS,
     apply_mask,
     check_namespace_and_name,
     mask_paths,
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_SERVICE_ACCOUNT",
     "KINDS",
     "MAX_OBJECT_BYTES",
+    "MUTABLE_PATHS",
     "SECRETS",
     "SERVICE_ACCOUNTS",
     "WORKLOADS",
