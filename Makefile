@@ -22,15 +22,20 @@ $(BUF): package.json
 run: $(STAMP)
 	$(VENV)/bin/satcheld serve --dev
 
-test: $(STAMP) $(BUF)
-	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m pytest -q
+# The lint, type and architecture checks first: `make test` fails when any of them fails.
+test: lint
+	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m pytest -q --cov --cov-report=term
 
 gen: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
-lint: $(BUF)
+lint: $(STAMP) $(BUF)
 	$(BUF) lint
 	$(BUF) format -d --exit-code
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/unary.py
