@@ -7,6 +7,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
+
 import pytest
 
 from kinds import SECRETS, hashed
@@ -123,6 +125,30 @@ async def test_errors_reach_grpcurl(grpcurl) -> None:
     code, out, err = await grpcurl("satchel.v1.SecretService/CreateSecret", data={"secret": {"metadata": {"name": "Bad Name"}}})
     assert code != 0
     assert "InvalidArgument" in err and "secret.metadata.name" in err
+
+
+def _details(err: str) -> list[dict]:
+    """The status details grpcurl printed, one JSON object a line under `Details:`."""
+    return [json.loads(line.split(")", 1)[1]) for line in err.splitlines() if re.match(r"\s*\d+\)\t", line)]
+
+
+async def test_grpcurl_decodes_error_details_through_reflection(grpcurl) -> None:
+    """grpcurl asks reflection for each detail's type (google.rpc.ErrorInfo,
+    google.rpc.BadRequest); a type reflection cannot find it prints as raw bytes
+    under "@error"."""
+    code, out, err = await grpcurl("satchel.v1.SecretService/GetSecret", data={"namespace": "tools", "name": "absent"})
+    assert code != 0
+    assert _details(err) == [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "domain": "satchel.dev", "reason": "NOT_FOUND"}
+    ]
+
+    code, out, err = await grpcurl("satchel.v1.SecretService/CreateSecret", data={"secret": {"metadata": {"name": "Bad Name"}}})
+    assert code != 0
+    info, bad = _details(err)
+    assert info == {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "domain": "satchel.dev", "reason": "INVALID_ARGUMENT"}
+    assert bad["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert [v["field"] for v in bad["field_violations"]] == ["secret.metadata.name"]
+    assert "DNS-1123 subdomain" in bad["field_violations"][0]["description"]
 
 
 async def test_health_answers(grpcurl) -> None:

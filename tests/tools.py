@@ -1,5 +1,6 @@
 """Where the real binaries the tests run are: the ones beside this Python (the
-venv's) first, then PATH. A missing one fails the test; it never skips it."""
+venv's) and npm's (node_modules/.bin) first, then PATH. A missing one fails the
+test; it never skips it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def binary(name: str, install_hint: str) -> str:
-    for candidate in (Path(sys.executable).parent / name, ROOT / ".venv" / "bin" / name):
+    for candidate in (Path(sys.executable).parent / name, ROOT / ".venv" / "bin" / name, ROOT / "node_modules" / ".bin" / name):
         if candidate.is_file():
             return str(candidate)
     found = shutil.which(name)
@@ -28,3 +29,7 @@ def grpcurl() -> str:
 
 def satcheld() -> str:
     return binary("satcheld", "`pip install -e .` installs the satcheld console script")
+
+
+def buf() -> str:
+    return binary("buf", "`npm ci` installs the pinned @bufbuild/buf from package.json")

@@ -4,8 +4,10 @@
    trailers so that a call can be matched to its audit record;
 2. authentication: the principal from the client certificate's SPIFFE ID;
 3. the handler, which asks the authorizer and notes its decision;
-4. the one error map: domain errors become statuses, anything else a bare INTERNAL;
-5. one audit record.
+4. one audit record, written before the outcome leaves: before a unary
+   response is handed back to grpc, before an error status is sent, before a
+   stream's final status; so whoever learns the outcome finds the record;
+5. the one error map: domain errors become statuses, anything else a bare INTERNAL.
 
 These are applied once per method as services are added to the server's
 method table (`Guard.wrap`), not by grpc.aio interceptors, whose per-call
@@ -28,7 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc import aio
@@ -145,20 +147,19 @@ class Guard:
         audit = self._audit
         begin, authenticate = self._begin, self._authenticate
         parse = _parser(handler.request_deserializer)
+        ok = grpc.StatusCode.OK
 
         def single_response(answer: Callable[[Any, aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Any]:
             async def guarded(request: Any, context: aio.ServicerContext) -> Any:
                 metadata = context.invocation_metadata()
                 req = begin(method, context, metadata)
-                code = grpc.StatusCode.OK
                 try:
                     authenticate(req, context, metadata)
-                    return await answer(request, context)
+                    response = await answer(request, context)
                 except BaseException as e:
-                    code = _code_of(e)
-                    await _abort(e, context, req)
-                finally:
-                    audit.write(req, code)
+                    await _fail(e, context, req, audit)
+                audit.write(req, ok)  # grpc sends the response only once this returns
+                return response
 
             return guarded
 
@@ -181,7 +182,6 @@ class Guard:
             async def unary_stream(raw: bytes, context: aio.ServicerContext) -> Any:
                 metadata = context.invocation_metadata()
                 req = begin(method, context, metadata)
-                code = grpc.StatusCode.OK
                 try:
                     authenticate(req, context, metadata)
                     events = inner_stream(parse(raw), context)
@@ -190,10 +190,8 @@ class Guard:
                     async for item in events:
                         yield item
                 except BaseException as e:
-                    code = _code_of(e)
-                    await _abort(e, context, req)
-                finally:
-                    audit.write(req, code)
+                    await _fail(e, context, req, audit)
+                audit.write(req, ok)  # grpc sends the final status once the generator ends
 
             # Streaming handlers (the Watch RPCs) yield events the watch hub has already
             # serialized, once per view, so grpc sends their bytes as they are.
@@ -225,26 +223,26 @@ def _metadata_value(metadata: Any, key: str) -> str:
     return ""
 
 
-def _code_of(error: BaseException) -> grpc.StatusCode:
-    if isinstance(error, SatchelError):
-        return error.code
-    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.INTERNAL
-
-
-async def _abort(error: BaseException, context: aio.ServicerContext, req: Request) -> None:
-    """Ends the RPC with the status for `error`; re-raises what must propagate
-    (cancellation is never swallowed: see grpc issue 43360)."""
+async def _fail(error: BaseException, context: aio.ServicerContext, req: Request, audit: AuditLog) -> NoReturn:
+    """Writes the audit record, then ends the RPC with the status for `error`
+    (abort_with_status sends it and raises). What must propagate is re-raised:
+    cancellation is never swallowed, not even by a failed write (grpc issue 43360)."""
     if isinstance(error, SatchelError):
         if not req.reason and error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             req.reason = error.message
+        audit.write(req, error.code)
         await context.abort_with_status(_with_request_id(status_of(error), req))
-    if isinstance(error, (asyncio.CancelledError, GeneratorExit, aio.AbortError)):
+    elif isinstance(error, (asyncio.CancelledError, GeneratorExit, aio.AbortError)):
         req.reason = req.reason or "cancelled"
-        raise error
-    log.error("internal error in %s (request %s)", req.method, req.request_id, exc_info=error)
-    await context.abort_with_status(_with_request_id(internal_status(), req))
+        try:
+            audit.write(req, grpc.StatusCode.INTERNAL if isinstance(error, aio.AbortError) else grpc.StatusCode.CANCELLED)
+        finally:
+            raise error
+    else:
+        log.error("internal error in %s (request %s)", req.method, req.request_id, exc_info=error)
+        audit.write(req, grpc.StatusCode.INTERNAL)
+        await context.abort_with_status(_with_request_id(internal_status(), req))
+    raise AssertionError("abort_with_status returned")  # it raises AbortError once the status is sent
 
 
 def _with_request_id(status: grpc.Status, req: Request) -> grpc.Status:

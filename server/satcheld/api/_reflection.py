@@ -3,6 +3,14 @@
 grpcio-reflection ships only v1alpha. The v1 protocol is the same messages
 under package `grpc.reflection.v1`, so the v1 service reuses the v1alpha
 servicer on the wire and registers a renamed copy of its descriptor.
+
+The servicer answers from the default descriptor pool, for any symbol in it,
+not only for the services it lists. That is how it serves the types of the
+status details (`google.rpc.ErrorInfo`, `google.rpc.BadRequest`): grpcurl asks
+for them by name to decode an error's details. They are imported here so that
+they are in the pool whatever else the server imports. (buf curl never asks:
+it decodes details only with the types compiled into it; see
+tests/test_buf_curl.py.)
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.rpc import error_details_pb2  # noqa: F401  (served: see above)
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from ._methods import Registrar
