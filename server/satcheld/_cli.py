@@ -17,12 +17,12 @@ from typing import Any
 # GRPC_VERBOSITY=debug (or info) brings them back. Set before grpc loads.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from satchel._duration import parse_duration  # noqa: E402
+from satchel._duration import parse_duration
 
-from ._config import ConfigError, ServerConfig  # noqa: E402
-from ._server import Server  # noqa: E402
-from .auth import Policy  # noqa: E402
-from .store import KeyRing  # noqa: E402
+from ._config import ConfigError, ServerConfig
+from ._server import Server
+from .auth import Policy
+from .store import KeyRing
 
 # Flags naming files, and what each file is (for one-line errors).
 _FILE_FLAGS = {

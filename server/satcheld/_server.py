@@ -11,11 +11,11 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2
 
+from ._config import ConfigError, ServerConfig, read_certificates, read_key
 from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, method_table
 from .auth import Authorizer, Policy
 from .store import KeyRing, SqliteStore
 from .watch import WatchHub
-from ._config import ConfigError, ServerConfig, read_certificates, read_key
 
 log = logging.getLogger("satcheld")
 
@@ -104,7 +104,7 @@ class Server:
         methods = method_table(crud, Guard(self._audit, c.trust_domain), self._health)
         server = self._grpc = aio.server(handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None)
 
-        host, _, port = c.listen.rpartition(":")
+        host = c.listen.rpartition(":")[0]
         try:
             bound = server.add_secure_port(c.listen, credentials)
         except RuntimeError as e:

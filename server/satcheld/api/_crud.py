@@ -205,5 +205,3 @@ class Crud:
             txn.delete(kind, namespace, name)
 
         await self.store.write(write)
-
-

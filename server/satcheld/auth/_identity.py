@@ -34,7 +34,13 @@ def parse_spiffe_id(uri: str, trust_domain: str) -> Principal | None:
     parts = uri[len(prefix) :].split("/")
     if len(parts) == 2 and parts[0] in (USER, NODE) and is_dns_subdomain(parts[1]):
         return Principal(parts[0], parts[1])
-    if len(parts) == 4 and parts[0] == "ns" and parts[2] == "sa" and is_dns_label(parts[1]) and is_dns_subdomain(parts[3]):
+    if (
+        len(parts) == 4
+        and parts[0] == "ns"
+        and parts[2] == "sa"
+        and is_dns_label(parts[1])
+        and is_dns_subdomain(parts[3])
+    ):
         return Principal(SERVICE_ACCOUNT, parts[3], parts[1])
     return None
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import yaml
 
-
 log = logging.getLogger("satcheld.policy")
 
 

@@ -14,7 +14,7 @@ from ._fields import (
     same_content,
     visible,
 )
-from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, R, Kind, Resource, copy_of, kind_name, kind_of
+from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, R, Resource, copy_of, kind_name, kind_of
 from ._labels import LabelSelector, Requirement
 from ._validation import MAX_OBJECT_BYTES, Violations, is_dns_label, is_dns_subdomain
 
@@ -28,10 +28,10 @@ __all__ = [
     "SERVICE_ACCOUNTS",
     "WORKLOADS",
     "Kind",
-    "R",
-    "Resource",
     "LabelSelector",
+    "R",
     "Requirement",
+    "Resource",
     "Violations",
     "apply_mask",
     "check_namespace_and_name",

@@ -12,9 +12,9 @@ from google.protobuf.message import Message
 
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
 
+from ..errors import FailedPrecondition, InvalidArgument
 from . import _kinds
 from ._kinds import R, Resource, copy_of
-from ..errors import FailedPrecondition, InvalidArgument
 from ._validation import (
     MAX_OBJECT_BYTES,
     Violations,
@@ -116,7 +116,11 @@ def validate(obj: Resource) -> None:
             check_name(v, f"{f}.secrets[{i}]", name)
     size = obj.ByteSize()
     if size > MAX_OBJECT_BYTES:
-        v.add(f, f"is {size} bytes serialized, labels, annotations and data included; at most {MAX_OBJECT_BYTES} are allowed")
+        v.add(
+            f,
+            f"is {size} bytes serialized, labels, annotations and data included;"
+            f" at most {MAX_OBJECT_BYTES} are allowed",
+        )
     v.raise_if_any()
 
 
@@ -150,9 +154,7 @@ def set_identity(sa: ServiceAccount, trust_domain: str) -> None:
 
 def set_data_keys(secret: Secret) -> None:
     del secret.data_keys[:]
-    secret.data_keys.extend(
-        secret_pb2.DataKey(name=k, size=len(v)) for k, v in sorted(secret.data.items())
-    )
+    secret.data_keys.extend(secret_pb2.DataKey(name=k, size=len(v)) for k, v in sorted(secret.data.items()))
 
 
 def visible(obj: R, *, with_data: bool) -> R:

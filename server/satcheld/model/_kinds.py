@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import TypeVar
 
 from satchel.kinds import KINDS, Kind, kind_of
-from satchel.v1 import secret_pb2, service_account_pb2, workload_pb2
 from satchel.kinds import SECRETS as _SECRETS
 from satchel.kinds import SERVICE_ACCOUNTS as _SERVICE_ACCOUNTS
 from satchel.kinds import WORKLOADS as _WORKLOADS
+from satchel.v1 import secret_pb2, service_account_pb2, workload_pb2
 
 # The kind names the store, the policy file and the watch hub key on.
 SERVICE_ACCOUNTS = _SERVICE_ACCOUNTS.name
@@ -21,7 +21,18 @@ Resource = service_account_pb2.ServiceAccount | secret_pb2.Secret | workload_pb2
 # One object of whichever kind, the same kind where it recurs in a signature.
 R = TypeVar("R", bound=Resource)
 
-__all__ = ["KINDS", "SECRETS", "SERVICE_ACCOUNTS", "WORKLOADS", "Kind", "R", "Resource", "copy_of", "kind_name", "kind_of"]
+__all__ = [
+    "KINDS",
+    "SECRETS",
+    "SERVICE_ACCOUNTS",
+    "WORKLOADS",
+    "Kind",
+    "R",
+    "Resource",
+    "copy_of",
+    "kind_name",
+    "kind_of",
+]
 
 
 def kind_name(obj: Resource) -> str:

@@ -94,7 +94,8 @@ def _check_key(v: Violations, field: str, key: str) -> None:
     if not (len(name) <= 63 and _QUALIFIED_NAME.fullmatch(name)):
         v.add(
             field,
-            f"key {_show(key)} must be at most 63 alphanumerics with '-', '_' or '.' inside, optionally after a prefix and '/'",
+            f"key {_show(key)} must be at most 63 alphanumerics with '-', '_' or '.' inside,"
+            " optionally after a prefix and '/'",
         )
 
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-
 from ..model import R, Resource
 
 T = TypeVar("T")

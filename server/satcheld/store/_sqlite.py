@@ -205,7 +205,9 @@ class Txn:
         self._record(kind, meta_pb2.EVENT_TYPE_DELETED, last, body, row[1], prev)
         return last
 
-    def _record(self, kind: str, event_type: int, obj: Resource, body: bytes, sealed: bytes | None, prev: Resource | None) -> None:
+    def _record(
+        self, kind: str, event_type: int, obj: Resource, body: bytes, sealed: bytes | None, prev: Resource | None
+    ) -> None:
         self.changes.append(Change(self.revision, kind, event_type, obj, prev))
         self.events.append(
             (
@@ -434,9 +436,7 @@ class SqliteStore:
                 found.append(obj)
         return found, more, revision
 
-    async def snapshot(
-        self, kind: str, match: Match, with_data: bool
-    ) -> Snapshot:
+    async def snapshot(self, kind: str, match: Match, with_data: bool) -> Snapshot:
         """The matching objects of `kind` and the revision they were read at, from
         one consistent read; data is opened only when asked for. Used for a
         watch's initial state."""
@@ -504,7 +504,9 @@ class SqliteStore:
             if deleted < max_rows:
                 return compact
 
-    def _compact_chunk(self, db: sqlite_utils.Database, cutoff_ns: int, keep_events: int, max_rows: int) -> tuple[int, int]:
+    def _compact_chunk(
+        self, db: sqlite_utils.Database, cutoff_ns: int, keep_events: int, max_rows: int
+    ) -> tuple[int, int]:
         row = db.execute(
             "SELECT revision FROM events ORDER BY revision DESC, seq DESC LIMIT 1 OFFSET ?",
             (max(keep_events, 1) - 1,),
@@ -545,8 +547,6 @@ class SqliteStore:
         self._writer.close()
         for db in self._all_readers:
             db.close()
-
-
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

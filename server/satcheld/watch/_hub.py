@@ -102,7 +102,11 @@ class WatchHub:
             for kind, groups in self._groups.items():
                 for view, subs in groups.items():
                     for sub in subs:
-                        if sub.idle and now - sub.idle_since >= self.bookmark_interval - tick and revision >= sub.last_revision:
+                        if (
+                            sub.idle
+                            and now - sub.idle_since >= self.bookmark_interval - tick
+                            and revision >= sub.last_revision
+                        ):
                             payload = encoded.get(kind)
                             if payload is None:
                                 payload = encoded[kind] = encode(view, BOOKMARK, revision)

@@ -13,7 +13,7 @@ from ._view import View
 class Subscription:
     """One stream's bounded buffer of (revision, serialized event, is a bookmark)."""
 
-    __slots__ = ("view", "floor", "_items", "_bytes", "_waiter", "_failure", "idle_since", "last_revision", "_limits")
+    __slots__ = ("_bytes", "_failure", "_items", "_limits", "_waiter", "floor", "idle_since", "last_revision", "view")
 
     def __init__(self, view: View, floor: int, limits: tuple[int, int], now: float) -> None:
         self.view = view

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from satchel.v1 import meta_pb2
 
 from ..model import KINDS, LabelSelector, Resource, visible
