@@ -21,7 +21,8 @@ from google.protobuf import any_pb2, message_factory
 from google.rpc import error_details_pb2, status_pb2
 
 import satchel
-from satchel import AsyncClient, Client, ClientConfig, EventType, _certs, _client
+import satchel.pki
+from satchel import AsyncClient, Client, ClientConfig, EventType, _client
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2
 
 FILES = (meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2)
@@ -154,7 +155,7 @@ def connections(fake, *scripts):
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("client-certs")
-    _certs.init(d)
+    satchel.pki.init(d)
     return d
 
 

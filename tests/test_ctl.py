@@ -26,7 +26,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from satchel import _certs
+import satchel.pki
 from tools import binary, grpcurl, satcheld
 
 WAIT = 30  # seconds: the bound on every wait for a line or an exit
@@ -169,7 +169,7 @@ def test_certs_init_writes_six_files_and_keys_are_private(ctl, tmp_path) -> None
         mode = stat.S_IMODE((d / name).stat().st_mode)
         assert mode == (0o600 if name.endswith(".key") else 0o644), (name, oct(mode))
     admin = x509.load_pem_x509_certificate((d / "admin.crt").read_bytes())
-    assert _certs.spiffe_ids(admin) == ["spiffe://example.test/user/admin"]
+    assert satchel.pki.spiffe_ids(admin) == ["spiffe://example.test/user/admin"]
     server_cert = x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
     san = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "sat.example"}
@@ -193,7 +193,7 @@ def test_certs_issue_writes_a_node_and_a_user_pair(ctl, tmp_path) -> None:
         assert r.out.splitlines() == [str(crt), str(key)]
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         cert = x509.load_pem_x509_certificate(crt.read_bytes())
-        assert _certs.spiffe_ids(cert) == [f"spiffe://satchel.local/{kind}/{name}"]
+        assert satchel.pki.spiffe_ids(cert) == [f"spiffe://satchel.local/{kind}/{name}"]
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
         assert 2 * 3600 <= lifetime.total_seconds() <= 2 * 3600 + 600  # 2h, plus the backdating
 

@@ -221,7 +221,7 @@ def _watch_service_accounts(
 def _issue_certificate(
     name: str, *, namespace: str = "default", csr_pem: str | bytes, ttl: Duration | None = None
 ) -> _Unary[service_account_pb2.IssueCertificateResponse]:
-    """Have the server sign `csr_pem` (see `satchel._certs.make_csr`) for the service account.
+    """Have the server sign `csr_pem` (see `satchel.pki.make_csr`) for the service account.
 
     Returns the response: `certificate_chain_pem` and `expire_time`. The key never leaves the caller.
     """

@@ -27,7 +27,7 @@ from google.protobuf.message import Message  # noqa: E402
 
 from satchel._client import Client  # noqa: E402
 from satchel._config import _SOURCES, ClientConfig  # noqa: E402
-from satchel._duration import parse_duration  # noqa: E402
+from satchel.durations import parse_duration  # noqa: E402
 from satchel._errors import ConflictError, SatchelError  # noqa: E402
 from satchel.v1 import meta_pb2, secret_pb2  # noqa: E402
 
@@ -399,10 +399,10 @@ def _review(client: Client, args: argparse.Namespace) -> None:
 def _certs_init(args: argparse.Namespace) -> None:
     names = ("ca.crt", "ca.key", "server.crt", "server.key", "admin.crt", "admin.key")
     paths = [Path(args.dir) / name for name in names]
-    from satchel import _certs  # cryptography loads only for the certs commands
+    from satchel import pki  # cryptography loads only for the certs commands
 
     before = {path: _identity(path) for path in paths}
-    _certs.init(args.dir, trust_domain=args.trust_domain, hosts=args.hosts.split(","))
+    pki.init(args.dir, trust_domain=args.trust_domain, hosts=args.hosts.split(","))
     for path in paths:
         if _identity(path) != before[path]:
             print(path)
@@ -419,9 +419,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _certs_issue(args: argparse.Namespace) -> None:
-    from satchel import _certs
+    from satchel import pki
 
-    for path in _certs.issue(args.dir, args.kind, args.name, ttl=args.ttl):
+    for path in pki.issue(args.dir, args.kind, args.name, ttl=args.ttl):
         print(path)
 
 
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SatchelError as e:
         return _fail(e)
-    except ValueError as e:  # refused by the client or by satchel._certs before anything was sent
+    except ValueError as e:  # refused by the client or by satchel.pki before anything was sent
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `satchelctl … | head`: the reader has gone

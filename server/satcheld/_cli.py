@@ -16,7 +16,7 @@ from pathlib import Path
 # GRPC_VERBOSITY=debug (or info) brings them back. Set before grpc loads.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from satchel._duration import parse_duration  # noqa: E402
+from satchel.durations import parse_duration  # noqa: E402
 
 from ._keyring import KeyRing  # noqa: E402
 from ._policy import Policy  # noqa: E402
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dev_config(args: argparse.Namespace) -> ServerConfig:
     """Creates what is missing in the data directory and reuses what exists."""
-    from satchel import _certs
+    from satchel import pki as _certs
 
     data = Path(args.data_dir).resolve()
     certs = data / "certs"
