@@ -227,7 +227,7 @@ def test_certs_issue_without_a_ca_names_the_missing_file(ctl, tmp_path) -> None:
 
 
 @dataclass(frozen=True)
-class Kind:
+class KindCase:
     command: str
     needs: tuple[str, ...]  # a command to run first (in the test's namespace), or ()
     create_args: tuple[str, ...]  # beyond the name
@@ -261,22 +261,22 @@ class Kind:
             assert obj["secrets"] == ["web-db"]
 
 
-KINDS = [
-    Kind(
+KIND_CASES = [
+    KindCase(
         "sa",
         needs=(),
         create_args=("--secret", "web-db", "--description", "the web tier"),
         update_args=("--description", "changed"),
         columns=("NAMESPACE", "NAME", "SECRETS", "SPIFFE-ID", "AGE"),
     ),
-    Kind(
+    KindCase(
         "secret",
         needs=(),
         create_args=("--from-literal", "user=app"),
         update_args=(),
         columns=("NAMESPACE", "NAME", "TYPE", "KEYS", "VERSION", "AGE"),
     ),
-    Kind(
+    KindCase(
         "workload",
         needs=("sa", "create", "web"),
         create_args=("--node", "n1", "--service-account", "web", "--secret", "web-db"),
@@ -286,8 +286,8 @@ KINDS = [
 ]
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=[k.command for k in KINDS])
-def test_round_trip_in_every_output_format(ctl, ns, kind: Kind) -> None:
+@pytest.mark.parametrize("kind", KIND_CASES, ids=[k.command for k in KIND_CASES])
+def test_round_trip_in_every_output_format(ctl, ns, kind: KindCase) -> None:
     if kind.needs:
         assert ctl(*kind.needs, "-n", ns).code == 0
     created = ctl(kind.command, "create", "web", "-n", ns, "--label", "app=web", "--annotation", "owner=ops",
