@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 import satchel
 import satchel.pki
-from satchel import AsyncClient, Client, ClientConfig, EventType, _client
+from satchel import AsyncClient, Client, ClientConfig, EventType, _watch
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2
 
 FILES = (meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2)
@@ -201,7 +201,7 @@ async def aclient(config):
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(_client, "BACKOFF_BASE", 0.0)
+    monkeypatch.setattr(_watch, "BACKOFF_BASE", 0.0)
 
 
 # Arguments that make a call valid, beyond its leading name.
@@ -686,9 +686,9 @@ async def test_async_watch_aclose_from_another_task_cancels_the_call(fake, aclie
 
 
 def test_backoff_doubles_with_full_jitter_up_to_the_cap_and_resets(monkeypatch):
-    monkeypatch.setattr(_client, "BACKOFF_BASE", 0.1)
-    monkeypatch.setattr(_client.random, "uniform", lambda low, high: (low, high))
-    resume = _client._Resume(secret_pb2.WatchSecretsRequest(since_revision=5))
+    monkeypatch.setattr(_watch, "BACKOFF_BASE", 0.1)
+    monkeypatch.setattr(_watch.random, "uniform", lambda low, high: (low, high))
+    resume = _watch._Resume(secret_pb2.WatchSecretsRequest(since_revision=5))
     unavailable = satchel.UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE)
 
     bounds = [resume.broken(unavailable) for _ in range(10)]
@@ -701,9 +701,9 @@ def test_backoff_doubles_with_full_jitter_up_to_the_cap_and_resets(monkeypatch):
 def test_a_listing_that_keeps_breaking_keeps_backing_off(monkeypatch):
     """ADDED events of a listing that breaks before SYNCED must not reset the backoff,
     or a failing relist would fetch the whole listing again every 0.1 s."""
-    monkeypatch.setattr(_client, "BACKOFF_BASE", 0.1)
-    monkeypatch.setattr(_client.random, "uniform", lambda low, high: (low, high))
-    resume = _client._Resume(secret_pb2.WatchSecretsRequest(send_initial=True))
+    monkeypatch.setattr(_watch, "BACKOFF_BASE", 0.1)
+    monkeypatch.setattr(_watch.random, "uniform", lambda low, high: (low, high))
+    resume = _watch._Resume(secret_pb2.WatchSecretsRequest(send_initial=True))
     unavailable = satchel.UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE)
 
     for attempt in range(4):

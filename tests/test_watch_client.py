@@ -51,7 +51,7 @@ async def serve(pki, data, listen: str, **overrides) -> Server:
 async def latest_revision(client: AsyncClient) -> int:
     """The revision a ListSecrets reads at (the client's list_secrets yields only the items)."""
     response = await client._transport.unary(
-        "SecretService", "ListSecrets", SECRETS.module.ListSecretsRequest(page_size=1)
+        SECRETS.stub, SECRETS.rpc("list"), SECRETS.request_type("list")(page_size=1)
     )
     return response.revision
 

@@ -10,7 +10,7 @@
 The generated protobuf and gRPC code lives in `satchel.v1`.
 """
 
-from satchel._client import AsyncClient, AsyncWatchStream, Client, WatchStream
+from satchel._client import AsyncClient, Client
 from satchel._config import ClientConfig
 from satchel._errors import (
     AlreadyExistsError,
@@ -32,6 +32,7 @@ from satchel._errors import (
     UnimplementedError,
     from_rpc_error,
 )
+from satchel._watch import AsyncWatchStream, WatchStream
 from satchel.v1.meta_pb2 import EventType, ObjectMeta
 from satchel.v1.secret_pb2 import DataKey, Secret, SecretRotation, SecretType
 from satchel.v1.service_account_pb2 import SecretReference, ServiceAccount
