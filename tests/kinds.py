@@ -34,9 +34,7 @@ class Kind(kinds.Kind):
         **fields: Any,
     ) -> Message:
         """A valid object of this kind; `fields` override its kind-specific fields."""
-        meta = meta_pb2.ObjectMeta(
-            namespace=namespace, name=name, labels=labels or {}, annotations=annotations or {}
-        )
+        meta = meta_pb2.ObjectMeta(namespace=namespace, name=name, labels=labels or {}, annotations=annotations or {})
         defaults: dict[str, Any] = {
             "serviceaccounts": {"description": "a robot"},
             "secrets": {"data": {"password": b"s3cr3t-" + name.encode()}},

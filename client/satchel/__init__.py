@@ -32,6 +32,7 @@ from satchel._errors import (
     UnimplementedError,
     from_rpc_error,
 )
+from satchel._pages import AsyncListIterator, ListIterator
 from satchel._watch import AsyncWatchStream, WatchStream
 from satchel.v1.meta_pb2 import EventType, ObjectMeta
 from satchel.v1.secret_pb2 import DataKey, Secret, SecretRotation, SecretType
@@ -41,6 +42,7 @@ from satchel.v1.workload_pb2 import Workload
 __all__ = [
     "AlreadyExistsError",
     "AsyncClient",
+    "AsyncListIterator",
     "AsyncWatchStream",
     "Client",
     "ClientConfig",
@@ -52,6 +54,7 @@ __all__ = [
     "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",
+    "ListIterator",
     "NotFoundError",
     "ObjectMeta",
     "OutOfRangeError",
@@ -72,3 +75,4 @@ __all__ = [
     "Workload",
     "from_rpc_error",
 ]
+

@@ -32,6 +32,17 @@ class Client:
     Build it from a `ClientConfig`, from keyword arguments (`Client(server="localhost:7443",
     ca=..., cert=..., key=...)`) or from the environment (`Client.from_env()`), and close it (or
     use it as a context manager). Failed calls raise `SatchelError` subclasses.
+
+    Every method also takes, keyword-only, `metadata=` (a mapping or `(key, value)` pairs, sent
+    besides the config's bearer token, whose `authorization` it may not repeat) and, but for
+    `watch_*`, `timeout=` (seconds or a timedelta, instead of the config's `timeout`; a `list_*`
+    gives each page that long). `list_*` return a `ListIterator`, whose `revision` a watch can
+    start from; `watch_*` return a `WatchStream`.
+
+    Reads (`get_*`, the pages of `list_*`, `review_token`, `get_public_keys`) that fail with
+    UNAVAILABLE are tried again, a few times, after a backoff with full jitter (0.1 s doubling,
+    at most 2 s), within the call's timeout. Writes are never retried: an UnavailableError from
+    one leaves it unknown whether the server applied it.
     """
 
     def __init__(
@@ -96,8 +107,9 @@ class Client:
 class AsyncClient:
     """An asyncio Satchel client over one `grpc.aio` channel, bound to the loop that first uses it.
 
-    The same methods as `Client`: unary ones are coroutines, `list_*` return async iterators and
-    `watch_*` return `AsyncWatchStream`s. Close it with `await client.close()` or `async with`.
+    The same methods as `Client`, with the same `timeout=` and `metadata=` and the same retries:
+    unary ones are coroutines, `list_*` return `AsyncListIterator`s and `watch_*` return
+    `AsyncWatchStream`s. Close it with `await client.close()` or `async with`.
     """
 
     def __init__(

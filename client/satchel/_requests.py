@@ -12,13 +12,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from operator import attrgetter
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
 from satchel.kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, token_pb2, token_pb2_grpc, workload_pb2
+
+if TYPE_CHECKING:
+    from satchel._transport import Stub
 
 Secret = secret_pb2.Secret
 ServiceAccount = service_account_pb2.ServiceAccount
@@ -31,7 +34,6 @@ E = TypeVar("E", bound=Message)
 
 Data = Mapping[str, bytes | str]
 Duration = timedelta | float
-Stub = Callable[[Any], Any]  # a generated stub class, called with a channel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,17 +46,26 @@ class UnaryCall(Generic[R]):
     rpc: str
     request: Message
     result: Callable[[Any], R]
+    read: bool = False  # it changes nothing, so it may be retried
 
     @classmethod
     def of(
-        cls, kind: Kind, verb: str, request: Message, result: Callable[[Any], Any] | None = None
+        cls,
+        kind: Kind,
+        verb: str,
+        request: Message,
+        result: Callable[[Any], Any] | None = None,
+        *,
+        read: bool = False,
     ) -> UnaryCall[Any]:
         """The call of `kind`'s RPC for `verb`; its result is the response's resource unless told."""
-        return cls(kind.stub, kind.rpc(verb), request, result or attrgetter(kind.field))
+        return cls(kind.stub, kind.rpc(verb), request, result or attrgetter(kind.field), read)
 
 
 @dataclass(frozen=True)
 class ListCall(Generic[R]):
+    """A List, read page after page (every page a read)."""
+
     stub: Stub
     rpc: str
     request: Any  # a ListXRequest; its page_token is advanced as pages are read
@@ -119,7 +130,7 @@ def create_service_account(
 def get_service_account(name: str, *, namespace: str = "default") -> UnaryCall[ServiceAccount]:
     """Return the service account `namespace/name`."""
     request = service_account_pb2.GetServiceAccountRequest(namespace=namespace, name=name)
-    return UnaryCall.of(SERVICE_ACCOUNTS, "get", request)
+    return UnaryCall.of(SERVICE_ACCOUNTS, "get", request, read=True)
 
 
 def list_service_accounts(
@@ -247,7 +258,7 @@ def create_secret(
 def get_secret(name: str, *, namespace: str = "default") -> UnaryCall[Secret]:
     """Return the secret `namespace/name`; without the read-data permission, `data` is empty."""
     request = secret_pb2.GetSecretRequest(namespace=namespace, name=name)
-    return UnaryCall.of(SECRETS, "get", request)
+    return UnaryCall.of(SECRETS, "get", request, read=True)
 
 
 def list_secrets(*, namespace: str = "", label_selector: str = "", page_size: int = 0) -> ListCall[Secret]:
@@ -375,15 +386,13 @@ def create_workload(
 def get_workload(name: str, *, namespace: str = "default") -> UnaryCall[Workload]:
     """Return the workload `namespace/name`."""
     request = workload_pb2.GetWorkloadRequest(namespace=namespace, name=name)
-    return UnaryCall.of(WORKLOADS, "get", request)
+    return UnaryCall.of(WORKLOADS, "get", request, read=True)
 
 
 def list_workloads(*, namespace: str = "", label_selector: str = "", page_size: int = 0) -> ListCall[Workload]:
     """Iterate over the workloads (all namespaces the caller may see when `namespace` is empty)
     matching `label_selector` (`k=v,k2!=v2,k3`), fetching `page_size` at a time."""
-    request = workload_pb2.ListWorkloadsRequest(
-        namespace=namespace, label_selector=label_selector, page_size=page_size
-    )
+    request = workload_pb2.ListWorkloadsRequest(namespace=namespace, label_selector=label_selector, page_size=page_size)
     return ListCall.of(WORKLOADS, request)
 
 
@@ -458,16 +467,18 @@ def review_token(token: str, *, audiences: Iterable[str] = ()) -> UnaryCall[toke
     `expire_time`, and `reason` when it is not valid.
     """
     request = token_pb2.ReviewTokenRequest(token=token, audiences=_strings(audiences, "audiences"))
-    return UnaryCall(token_pb2_grpc.TokenServiceStub, "ReviewToken", request, _itself)
+    return UnaryCall(token_pb2_grpc.TokenServiceStub, "ReviewToken", request, _itself, read=True)
 
 
 def get_public_keys() -> UnaryCall[dict[str, Any]]:
     """Return the JWKS (as a dict) with the keys that verify the server's tokens offline."""
-    return UnaryCall(token_pb2_grpc.TokenServiceStub, "GetPublicKeys", token_pb2.GetPublicKeysRequest(), _jwks)
+    request = token_pb2.GetPublicKeysRequest()
+    return UnaryCall(token_pb2_grpc.TokenServiceStub, "GetPublicKeys", request, _jwks, read=True)
 
 
 def _jwks(response: token_pb2.GetPublicKeysResponse) -> dict[str, Any]:
-    return json.loads(response.jwks_json)
+    jwks: dict[str, Any] = json.loads(response.jwks_json)
+    return jwks
 
 
 # Argument helpers.
@@ -578,4 +589,3 @@ def _rotation(period: Duration | None, grace_period: Duration | None) -> secret_
     return secret_pb2.SecretRotation(
         period=_duration(period, "rotation_period"), grace_period=_duration(grace_period, "grace_period")
     )
-

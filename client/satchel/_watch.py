@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from satchel._errors import RevisionCompactedError, SatchelError, from_rpc_error
 from satchel._requests import WatchCall
-from satchel._transport import AsyncTransport, Transport
+from satchel._transport import AsyncTransport, CallOptions, Transport
 from satchel.v1.meta_pb2 import EventType
 
 E = TypeVar("E", bound=Message)
@@ -107,11 +107,17 @@ class WatchStream(Generic[E]):
     Any other error ends the iteration with its typed exception (`PermissionDeniedError`, ...).
     `close()`, or leaving a `with` block, cancels the call and ends the iteration; it may be
     called from another thread.
+
+    `watch_*` methods take `metadata=`, sent on every connection, but no `timeout=`: a watch is
+    meant to run until closed, across reconnections, and a gRPC deadline would end it with
+    DEADLINE_EXCEEDED, a final error, however healthy the stream. To stop after a while, call
+    `close()` from a timer (or, with asyncio, wrap the reads in `asyncio.timeout`).
     """
 
-    def __init__(self, transport: Transport, watch: WatchCall[E]) -> None:
+    def __init__(self, transport: Transport, watch: WatchCall[E], options: CallOptions | None = None) -> None:
         self._transport = transport
         self._watch = watch
+        self._options = options or transport.options()
         self._resume = _Resume(watch.request)
         self._call: Any = None
         self._closed = threading.Event()
@@ -131,7 +137,9 @@ class WatchStream(Generic[E]):
                 if self._closed.is_set():
                     break
                 if self._call is None:
-                    self._call = self._transport.stream(self._watch.stub, self._watch.rpc, self._resume.request())
+                    self._call = self._transport.stream(
+                        self._watch.stub, self._watch.rpc, self._resume.request(), self._options
+                    )
                 call = self._call
             try:
                 event = next(call)
@@ -170,9 +178,10 @@ class WatchStream(Generic[E]):
 class AsyncWatchStream(Generic[E]):
     """The asyncio form of `WatchStream` (`async for`, `aclose()`, `async with`); the same rules."""
 
-    def __init__(self, transport: AsyncTransport, watch: WatchCall[E]) -> None:
+    def __init__(self, transport: AsyncTransport, watch: WatchCall[E], options: CallOptions | None = None) -> None:
         self._transport = transport
         self._watch = watch
+        self._options = options or transport.options()
         self._resume = _Resume(watch.request)
         self._call: Any = None
         self._closed = False
@@ -189,7 +198,9 @@ class AsyncWatchStream(Generic[E]):
     async def __anext__(self) -> E:
         while not self._closed:
             if self._call is None:
-                self._call = self._transport.stream(self._watch.stub, self._watch.rpc, self._resume.request())
+                self._call = self._transport.stream(
+                    self._watch.stub, self._watch.rpc, self._resume.request(), self._options
+                )
             call = self._call
             try:
                 event = await call.read()
