@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -874,6 +875,49 @@ def test_a_listing_that_keeps_breaking_keeps_backing_off(monkeypatch):
     resume.received(watch_event(ADDED, 3))
     resume.received(watch_event(SYNCED, 3))
     assert resume.broken(unavailable) == (0, 0.1), "a completed listing resets the backoff"
+
+
+# ---------------------------------------------------------------------------------------------
+# Public names.
+
+DEFINED_HERE = {
+    "AsyncClient",
+    "AsyncListIterator",
+    "AsyncWatchStream",
+    "Client",
+    "ClientConfig",
+    "ListIterator",
+    "NotFoundError",
+    "SatchelError",
+    "WatchStream",
+    "from_rpc_error",
+}
+
+
+def test_public_names_are_sorted_and_report_satchel_as_their_module():
+    assert satchel.__all__ == sorted(satchel.__all__)
+    ours = {
+        name
+        for name in satchel.__all__
+        if (getattr(satchel, name).__module__ or "").partition(".")[0] == "satchel"
+        and not getattr(satchel, name).__module__.startswith("satchel.v1")
+    }
+    assert ours >= DEFINED_HERE
+    modules = {name: getattr(satchel, name).__module__ for name in ours}
+    assert modules == dict.fromkeys(ours, "satchel")
+    # The generated protobuf classes keep their own module.
+    assert satchel.Secret.__module__ == "satchel.v1.secret_pb2"
+
+
+def test_a_traceback_names_satchel_dot_the_error(fake, client):
+    fake.replies["GetSecret"] = lambda request, context: abort(
+        context, grpc.StatusCode.NOT_FOUND, "secret default/db not found", "NOT_FOUND"
+    )
+    with pytest.raises(satchel.NotFoundError) as caught:
+        client.get_secret("db")
+    assert traceback.format_exception_only(caught.value)[-1].startswith("satchel.NotFoundError: NOT_FOUND: secret")
+    assert repr(type(caught.value)) == "<class 'satchel.NotFoundError'>"
+    assert repr(satchel.Client) == "<class 'satchel.Client'>"
 
 
 # The server's dependencies; DESIGN.md: the client needs only grpcio + protobuf (+ cryptography).

@@ -76,3 +76,10 @@ __all__ = [
     "from_rpc_error",
 ]
 
+# What this package defines reports itself as `satchel.X`, the name to import it by, in reprs and
+# tracebacks (as httpx does); the generated protobuf classes keep their own modules.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("satchel._"):
+        _obj.__module__ = "satchel"
+del _name, _obj
