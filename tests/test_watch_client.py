@@ -171,7 +171,7 @@ async def test_blocking_list_then_watch_misses_a_change_made_between_pages(serve
                 got.append(event)
                 if event.revision >= target:
                     return got
-            raise AssertionError(f"the watch ended before revision {target}: {got}")
+            raise AssertionError(f"the watch ended before revision {target}: {list(map(event_of_response, got))}")
 
         try:
             responses = await asyncio.to_thread(until, d.metadata.resource_version)

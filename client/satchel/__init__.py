@@ -4,10 +4,12 @@
 
     with Client.from_env() as client:
         client.create_secret("db", data={"password": "hunter2"})
-        for event in client.watch_secrets(send_initial=True):
+        secrets = {s.metadata.name: s for s in (listing := client.list_secrets())}
+        for event in client.watch_secrets(since_revision=listing.revision):
             ...
 
-The generated protobuf and gRPC code lives in `satchel.v1`.
+The generated protobuf and gRPC code lives in `satchel.v1`; `satchel.kinds` names the kinds,
+`satchel.pki` makes keys and certificates, `satchel.durations` parses `90s`-style durations.
 """
 
 from satchel._client import AsyncClient, Client
