@@ -71,7 +71,7 @@ class _Retry:
         return delay
 
 
-class _Calls:
+class _CallDefaults:
     """What both transports share: the config's timeout and metadata, and each call's own."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -102,7 +102,7 @@ class _Calls:
         return CallOptions(seconds, (*self._metadata, *pairs))
 
 
-class Transport(_Calls):
+class Transport(_CallDefaults):
     """A blocking gRPC channel to the server with its stubs."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -137,7 +137,7 @@ class Transport(_Calls):
         self._channel.close()
 
 
-class AsyncTransport(_Calls):
+class AsyncTransport(_CallDefaults):
     """An asyncio gRPC channel to the server with its stubs.
 
     The channel is opened on first use, so that a client may be made before its event loop runs.
