@@ -34,7 +34,7 @@ class Client:
     use it as a context manager). Failed calls raise `SatchelError` subclasses.
 
     Every method also takes, keyword-only, `metadata=` (a mapping or `(key, value)` pairs, sent
-    besides the config's bearer token, whose `authorization` it may not repeat) and, but for
+    beside the config's bearer token, whose `authorization` it may not repeat) and, but for
     `watch_*`, `timeout=` (seconds or a timedelta, instead of the config's `timeout`; a `list_*`
     gives each page that long). `list_*` return a `ListIterator`, whose `revision` a watch can
     start from; `watch_*` return a `WatchStream`.
