@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from satchel import _certs
+import satchel.pki
 from satchel.v1 import secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
 from satcheld.store import KeyRing
 from satcheld.auth import Policy
@@ -43,7 +43,7 @@ class Pki:
     other_domain: Identity  # our CA, SPIFFE ID of another trust domain
 
     def identity(self, kind: str, name: str) -> Identity:
-        crt, key = _certs.issue(self.dir, kind, name)
+        crt, key = satchel.pki.issue(self.dir, kind, name)
         return Identity(Path(crt), Path(key))
 
 
@@ -78,12 +78,12 @@ def mint(dir: Path, stem: str, common_name: str, sans: list[x509.GeneralName]) -
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    _certs.init(d, trust_domain=TRUST_DOMAIN)
+    satchel.pki.init(d, trust_domain=TRUST_DOMAIN)
     other = tmp_path_factory.mktemp("other-ca")
-    _certs.init(other, trust_domain=TRUST_DOMAIN)
+    satchel.pki.init(other, trust_domain=TRUST_DOMAIN)
 
     def issued(kind: str, name: str) -> Identity:
-        crt, key = _certs.issue(d, kind, name)
+        crt, key = satchel.pki.issue(d, kind, name)
         return Identity(Path(crt), Path(key))
 
     return Pki(

@@ -1,31 +1,29 @@
-"""The three resource kinds behind one small interface, so a CRUD test can run
-once per kind: `Kind.api(stubs)` calls the kind's generated stub."""
+"""The three resource kinds as the tests use them: `satchel.kinds`' registry (every
+name the API gives a kind) plus what a test needs, `Kind.make` (a valid object) and
+`Kind.api(stubs)` (CRUD through the kind's generated stub), so a CRUD test can run
+once per kind. Tests are parametrized by `Kind.name` (serviceaccounts, ...)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
-from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
+from satchel import kinds
+from satchel.v1 import meta_pb2, secret_pb2
 
 
-@dataclass(frozen=True)
-class Kind:
-    name: str  # the pytest id
-    module: ModuleType
-    message: type[Message]
-    singular: str  # CreateServiceAccount
-    plural: str  # ListServiceAccounts
-    field: str  # the request/response field: service_account
-    items: str  # the list response field: service_accounts
-    stub: str  # the attribute of conftest.Stubs
-    policy: str  # the resource name of the policy file
+@dataclasses.dataclass(frozen=True)
+class Kind(kinds.Kind):
+    """A `satchel.kinds.Kind` that can also make objects and talk to the server."""
+
+    @classmethod
+    def of(cls, kind: kinds.Kind) -> Kind:
+        return cls(**{f.name: getattr(kind, f.name) for f in dataclasses.fields(kind)})
 
     def make(
         self,
@@ -36,18 +34,17 @@ class Kind:
         **fields: Any,
     ) -> Message:
         """A valid object of this kind; `fields` override its kind-specific fields."""
-        meta = meta_pb2.ObjectMeta(
-            namespace=namespace, name=name, labels=labels or {}, annotations=annotations or {}
-        )
+        meta = meta_pb2.ObjectMeta(namespace=namespace, name=name, labels=labels or {}, annotations=annotations or {})
         defaults: dict[str, Any] = {
             "serviceaccounts": {"description": "a robot"},
             "secrets": {"data": {"password": b"s3cr3t-" + name.encode()}},
             "workloads": {"node_name": "n1"},
-        }[self.policy]
+        }[self.name]
         return self.message(metadata=meta, **{**defaults, **fields})
 
     def api(self, stubs: Any) -> Api:
-        return Api(self, getattr(stubs, self.stub))
+        """CRUD of this kind over the channel of `stubs` (a conftest.Stubs)."""
+        return Api(self, self.stub(stubs.channel))
 
 
 class Api:
@@ -57,27 +54,22 @@ class Api:
     def __init__(self, kind: Kind, stub: Any) -> None:
         self.kind = kind
         self._stub = stub
-        self._m = kind.module
 
-    def _request(self, verb: str, plural: bool = False, **fields: Any) -> Message:
-        name = f"{verb}{self.kind.plural if plural else self.kind.singular}Request"
-        return getattr(self._m, name)(**fields)
-
-    def _rpc(self, verb: str, plural: bool = False) -> Any:
-        return getattr(self._stub, f"{verb}{self.kind.plural if plural else self.kind.singular}")
+    def _call(self, verb: str, call: Mapping[str, Any], **fields: Any) -> Any:
+        request = self.kind.request_type(verb)(**fields)
+        return getattr(self._stub, self.kind.rpc(verb))(request, **call)
 
     async def create(self, obj: Message, **call: Any) -> Message:
-        response = await self._rpc("Create")(self._request("Create", **{self.kind.field: obj}), **call)
+        response = await self._call("create", call, **{self.kind.field: obj})
         return redacted(getattr(response, self.kind.field))
 
     async def get(self, name: str, namespace: str = "", **call: Any) -> Message:
-        response = await self._rpc("Get")(self._request("Get", namespace=namespace, name=name), **call)
+        response = await self._call("get", call, namespace=namespace, name=name)
         return redacted(getattr(response, self.kind.field))
 
     async def list(self, **fields: Any) -> Message:
         call = fields.pop("call", {})
-        response = await self._rpc("List", plural=True)(self._request("List", plural=True, **fields), **call)
-        return redacted(response)
+        return redacted(await self._call("list", call, **fields))
 
     async def list_all(self, page_size: int = 0, page_token: str = "", **fields: Any) -> tuple[list[Message], int]:
         """Every page from `page_token` on; returns the objects and how many pages it took."""
@@ -93,39 +85,16 @@ class Api:
 
     async def update(self, obj: Message, paths: Iterable[str] | None = None, **call: Any) -> Message:
         mask = None if paths is None else field_mask_pb2.FieldMask(paths=list(paths))
-        request = self._request("Update", **{self.kind.field: obj, "update_mask": mask})
-        response = await self._rpc("Update")(request, **call)
+        response = await self._call("update", call, **{self.kind.field: obj, "update_mask": mask})
         return redacted(getattr(response, self.kind.field))
 
     async def delete(self, name: str, namespace: str = "", etag: str = "", **call: Any) -> None:
-        await self._rpc("Delete")(self._request("Delete", namespace=namespace, name=name, etag=etag), **call)
+        await self._call("delete", call, namespace=namespace, name=name, etag=etag)
 
 
-SERVICE_ACCOUNTS = Kind(
-    "serviceaccount",
-    service_account_pb2,
-    service_account_pb2.ServiceAccount,
-    "ServiceAccount",
-    "ServiceAccounts",
-    "service_account",
-    "service_accounts",
-    "accounts",
-    "serviceaccounts",
-)
-SECRETS = Kind(
-    "secret", secret_pb2, secret_pb2.Secret, "Secret", "Secrets", "secret", "secrets", "secrets", "secrets"
-)
-WORKLOADS = Kind(
-    "workload",
-    workload_pb2,
-    workload_pb2.Workload,
-    "Workload",
-    "Workloads",
-    "workload",
-    "workloads",
-    "workloads",
-    "workloads",
-)
+SERVICE_ACCOUNTS = Kind.of(kinds.SERVICE_ACCOUNTS)
+SECRETS = Kind.of(kinds.SECRETS)
+WORKLOADS = Kind.of(kinds.WORKLOADS)
 ALL = (SERVICE_ACCOUNTS, SECRETS, WORKLOADS)
 
 

@@ -95,12 +95,12 @@ def _every_crud_rpc(stubs, name: str) -> list[tuple[str, Awaitable[object]]]:
         api = kind.api(stubs)
         obj = kind.make(name, labels={"x": "y"})
         calls += [
-            (f"Create{kind.singular}", api.create(obj)),
-            (f"Get{kind.singular}", api.get(name)),
-            (f"List{kind.plural}", api.list()),
-            (f"List{kind.plural} in a namespace", api.list(namespace="default")),
-            (f"Update{kind.singular}", api.update(obj, ["metadata.labels"])),
-            (f"Delete{kind.singular}", api.delete(name)),
+            (kind.rpc("create"), api.create(obj)),
+            (kind.rpc("get"), api.get(name)),
+            (kind.rpc("list"), api.list()),
+            (f"{kind.rpc('list')} in a namespace", api.list(namespace="default")),
+            (kind.rpc("update"), api.update(obj, ["metadata.labels"])),
+            (kind.rpc("delete"), api.delete(name)),
         ]
     return calls
 

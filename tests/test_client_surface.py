@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,7 +22,8 @@ from google.protobuf import any_pb2, message_factory
 from google.rpc import error_details_pb2, status_pb2
 
 import satchel
-from satchel import AsyncClient, Client, ClientConfig, EventType, _certs, _client
+import satchel.pki
+from satchel import AsyncClient, Client, ClientConfig, EventType, _watch
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2
 
 FILES = (meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2)
@@ -74,6 +76,7 @@ class Received:
     rpc: str
     request: object
     metadata: dict
+    time_remaining: float | None  # seconds to the call's deadline; None: no deadline
 
 
 class FakeServer(grpc.GenericRpcHandler):
@@ -95,7 +98,8 @@ class FakeServer(grpc.GenericRpcHandler):
         response_type = message_factory.GetMessageClass(method.output_type)
 
         def handle(request, context):
-            self.received.append(Received(method.name, request, dict(context.invocation_metadata())))
+            metadata = dict(context.invocation_metadata())
+            self.received.append(Received(method.name, request, metadata, context.time_remaining()))
             reply = self.replies.get(method.name)
             if reply is not None:
                 return reply(request, context)
@@ -154,7 +158,7 @@ def connections(fake, *scripts):
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("client-certs")
-    _certs.init(d)
+    satchel.pki.init(d)
     return d
 
 
@@ -200,7 +204,7 @@ async def aclient(config):
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(_client, "BACKOFF_BASE", 0.0)
+    monkeypatch.setattr(_watch, "BACKOFF_BASE", 0.0)
 
 
 # Arguments that make a call valid, beyond its leading name.
@@ -415,6 +419,166 @@ async def test_async_list_follows_next_page_token(fake, aclient):
 
     fake.replies["ListWorkloads"] = list_workloads
     assert [w.node_name async for w in aclient.list_workloads()] == ["n1", "n2"]
+
+
+def paged_secrets(fake, pages):
+    """Serves ListSecrets from `pages`: page token -> (names, next token, revision)."""
+
+    def list_secrets(request, context):
+        names, token, revision = pages[request.page_token]
+        secrets = [secret_pb2.Secret(metadata=meta_pb2.ObjectMeta(name=n)) for n in names]
+        return secret_pb2.ListSecretsResponse(secrets=secrets, next_page_token=token, revision=revision)
+
+    fake.replies["ListSecrets"] = list_secrets
+
+
+def test_a_listing_keeps_the_revision_of_its_first_page(fake, client):
+    paged_secrets(fake, {"": (["a"], "p2", 7), "p2": (["b"], "", 9)})
+    listing = client.list_secrets()
+    assert isinstance(listing, satchel.ListIterator)
+    assert [s.metadata.name for s in listing] == ["a", "b"]
+    assert listing.revision == 7
+
+
+def test_reading_the_revision_first_reads_the_first_page_once(fake, client):
+    paged_secrets(fake, {"": (["a"], "p2", 7), "p2": (["b"], "", 9)})
+    listing = client.list_secrets()
+    assert fake.received == []  # nothing is read until asked for
+    assert listing.revision == 7
+    assert fake.rpcs() == ["ListSecrets"]
+    assert [s.metadata.name for s in listing] == ["a", "b"]
+    assert [r.request.page_token for r in fake.received] == ["", "p2"]
+
+
+def test_an_empty_listing_has_its_revision_too(fake, client):
+    paged_secrets(fake, {"": ([], "", 4)})
+    listing = client.list_secrets()
+    assert list(listing) == []
+    assert listing.revision == 4
+
+
+async def test_an_async_listing_has_its_revision_once_the_first_page_was_read(fake, aclient):
+    paged_secrets(fake, {"": (["a"], "p2", 7), "p2": (["b"], "", 9)})
+    listing = aclient.list_secrets()
+    assert isinstance(listing, satchel.AsyncListIterator)
+    with pytest.raises(RuntimeError, match="iterate first"):
+        _ = listing.revision
+    assert await listing.fetch_revision() == 7
+    assert await listing.fetch_revision() == 7
+    assert [s.metadata.name async for s in listing] == ["a", "b"]
+    assert listing.revision == 7
+    assert [r.request.page_token for r in fake.received] == ["", "p2"]
+
+    iterated = aclient.list_secrets()
+    assert [s.metadata.name async for s in iterated] == ["a", "b"]
+    assert iterated.revision == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-call timeout and metadata.
+
+
+def calls_of(method: str) -> list[str]:
+    return [path for path in sorted(METHODS) if snake(METHODS[path].name) == method]
+
+
+@pytest.mark.parametrize("path", sorted(METHODS))
+def test_every_method_takes_metadata_and_all_but_watches_a_timeout(path):
+    name = snake(METHODS[path].name)
+    for client_class in (Client, AsyncClient):
+        parameters = inspect.signature(getattr(client_class, name)).parameters
+        options = [p for p in parameters.values() if p.name in ("timeout", "metadata")]
+        expected = ["metadata"] if METHODS[path].server_streaming else ["timeout", "metadata"]
+        assert [p.name for p in options] == expected
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is None for p in options)
+
+
+@pytest.mark.parametrize("path", sorted(METHODS))
+def test_every_method_sends_the_calls_metadata_beside_the_token(fake, config, path):
+    method = METHODS[path]
+    name = snake(method.name)
+    args, kwargs = arguments(name)
+    with Client(config, token="t0ken") as client:
+        result = getattr(client, name)(*args, metadata={"x-trace": "t-1"}, **kwargs)
+        if method.server_streaming:
+            with result:
+                next(result)
+        elif is_listing(method):
+            list(result)
+    (received,) = fake.received
+    assert received.metadata["x-trace"] == "t-1"
+    assert received.metadata["authorization"] == "Bearer t0ken"
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(METHODS) if not METHODS[p].server_streaming])
+async def test_every_async_method_takes_a_timeout_and_metadata(fake, aclient, path):
+    method = METHODS[path]
+    name = snake(method.name)
+    args, kwargs = arguments(name)
+    call = getattr(aclient, name)(*args, timeout=2, metadata=[("x-trace", "t-2")], **kwargs)
+    if is_listing(method):
+        assert [item async for item in call] == []
+    else:
+        await call
+    (received,) = fake.received
+    assert received.metadata["x-trace"] == "t-2"
+    assert 0 < received.time_remaining < 3  # 2, as grpc rounds it; the config's is WAIT (10)
+
+
+@pytest.mark.parametrize("timeout", [2, timedelta(seconds=2)], ids=["seconds", "timedelta"])
+def test_a_calls_timeout_replaces_the_configs(fake, client, timeout):
+    client.get_secret("x")
+    client.get_secret("x", timeout=timeout)
+    default, own = (r.time_remaining for r in fake.received)
+    assert 5 < default < WAIT + 1  # WAIT (10), as grpc rounds it
+    assert 0 < own < 3
+
+
+def test_a_listings_timeout_holds_for_each_page(fake, client):
+    paged_secrets(fake, {"": (["a"], "p2", 7), "p2": (["b"], "", 9)})
+    assert len(list(client.list_secrets(timeout=2))) == 2
+    assert [0 < r.time_remaining < 3 for r in fake.received] == [True, True]
+
+
+def test_a_watch_sends_its_metadata_on_every_connection_and_has_no_deadline(fake, client):
+    def first(request, context):
+        yield watch_event(BOOKMARK, 7)
+        abort(context, grpc.StatusCode.UNAVAILABLE, "restarting", "SHUTDOWN")
+
+    def second(request, context):
+        return fake.hold_open([watch_event(MODIFIED, 8, "a")], context)
+
+    fake.replies["WatchSecrets"] = connections(fake, first, second)
+    with client.watch_secrets(metadata={"x-trace": "w-1"}) as stream:
+        assert [next(stream).revision, next(stream).revision] == [7, 8]
+    assert [r.metadata["x-trace"] for r in fake.received] == ["w-1", "w-1"]
+    assert all(r.time_remaining is None or r.time_remaining > WAIT for r in fake.received)
+    with pytest.raises(TypeError, match="timeout"):
+        client.watch_secrets(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(0, ValueError), (-1, ValueError), (timedelta(0), ValueError), ("5", TypeError), (True, TypeError)],
+)
+def test_a_bad_timeout_is_refused_before_any_call(fake, client, timeout, error):
+    with pytest.raises(error, match="timeout"):
+        client.get_secret("x", timeout=timeout)
+    assert fake.received == []
+
+
+def test_a_calls_metadata_may_not_repeat_the_configs_token(fake, config):
+    with Client(config, token="t0ken") as client:
+        with pytest.raises(ValueError, match="authorization"):
+            client.get_secret("x", metadata={"authorization": "Bearer other"})
+        with pytest.raises(ValueError, match="authorization"):
+            client.watch_secrets(metadata=[("authorization", "Bearer other")])
+        with pytest.raises(TypeError, match="metadata"):
+            client.get_secret("x", metadata=["x-trace"])
+    assert fake.received == []
+    with Client(config) as client:  # with no token in the config, a call may bring its own
+        client.get_secret("x", metadata={"authorization": "Bearer own"})
+    assert fake.received[0].metadata["authorization"] == "Bearer own"
 
 
 def test_errors_arrive_typed_with_their_details(fake, client):
@@ -685,9 +849,9 @@ async def test_async_watch_aclose_from_another_task_cancels_the_call(fake, aclie
 
 
 def test_backoff_doubles_with_full_jitter_up_to_the_cap_and_resets(monkeypatch):
-    monkeypatch.setattr(_client, "BACKOFF_BASE", 0.1)
-    monkeypatch.setattr(_client.random, "uniform", lambda low, high: (low, high))
-    resume = _client._Resume(secret_pb2.WatchSecretsRequest(since_revision=5))
+    monkeypatch.setattr(_watch, "BACKOFF_BASE", 0.1)
+    monkeypatch.setattr(_watch.random, "uniform", lambda low, high: (low, high))
+    resume = _watch._Resume(secret_pb2.WatchSecretsRequest(since_revision=5))
     unavailable = satchel.UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE)
 
     bounds = [resume.broken(unavailable) for _ in range(10)]
@@ -700,9 +864,9 @@ def test_backoff_doubles_with_full_jitter_up_to_the_cap_and_resets(monkeypatch):
 def test_a_listing_that_keeps_breaking_keeps_backing_off(monkeypatch):
     """ADDED events of a listing that breaks before SYNCED must not reset the backoff,
     or a failing relist would fetch the whole listing again every 0.1 s."""
-    monkeypatch.setattr(_client, "BACKOFF_BASE", 0.1)
-    monkeypatch.setattr(_client.random, "uniform", lambda low, high: (low, high))
-    resume = _client._Resume(secret_pb2.WatchSecretsRequest(send_initial=True))
+    monkeypatch.setattr(_watch, "BACKOFF_BASE", 0.1)
+    monkeypatch.setattr(_watch.random, "uniform", lambda low, high: (low, high))
+    resume = _watch._Resume(secret_pb2.WatchSecretsRequest(send_initial=True))
     unavailable = satchel.UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE)
 
     for attempt in range(4):
@@ -711,6 +875,49 @@ def test_a_listing_that_keeps_breaking_keeps_backing_off(monkeypatch):
     resume.received(watch_event(ADDED, 3))
     resume.received(watch_event(SYNCED, 3))
     assert resume.broken(unavailable) == (0, 0.1), "a completed listing resets the backoff"
+
+
+# ---------------------------------------------------------------------------------------------
+# Public names.
+
+DEFINED_HERE = {
+    "AsyncClient",
+    "AsyncListIterator",
+    "AsyncWatchStream",
+    "Client",
+    "ClientConfig",
+    "ListIterator",
+    "NotFoundError",
+    "SatchelError",
+    "WatchStream",
+    "from_rpc_error",
+}
+
+
+def test_public_names_are_sorted_and_report_satchel_as_their_module():
+    assert satchel.__all__ == sorted(satchel.__all__)
+    ours = {
+        name
+        for name in satchel.__all__
+        if (getattr(satchel, name).__module__ or "").partition(".")[0] == "satchel"
+        and not getattr(satchel, name).__module__.startswith("satchel.v1")
+    }
+    assert ours >= DEFINED_HERE
+    modules = {name: getattr(satchel, name).__module__ for name in ours}
+    assert modules == dict.fromkeys(ours, "satchel")
+    # The generated protobuf classes keep their own module.
+    assert satchel.Secret.__module__ == "satchel.v1.secret_pb2"
+
+
+def test_a_traceback_names_satchel_dot_the_error(fake, client):
+    fake.replies["GetSecret"] = lambda request, context: abort(
+        context, grpc.StatusCode.NOT_FOUND, "secret default/db not found", "NOT_FOUND"
+    )
+    with pytest.raises(satchel.NotFoundError) as caught:
+        client.get_secret("db")
+    assert traceback.format_exception_only(caught.value)[-1].startswith("satchel.NotFoundError: NOT_FOUND: secret")
+    assert repr(type(caught.value)) == "<class 'satchel.NotFoundError'>"
+    assert repr(satchel.Client) == "<class 'satchel.Client'>"
 
 
 # The server's dependencies; DESIGN.md: the client needs only grpcio + protobuf (+ cryptography).

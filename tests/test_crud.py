@@ -251,7 +251,7 @@ async def test_update_mask_named_paths_change_only_those(admin, kind: Kind) -> N
         "secrets": ("immutable", True),
         "workloads": ("node_name", "n9"),
     }
-    path, value = specific[kind.policy]
+    path, value = specific[kind.name]
     setattr(request, path, value)
     updated = await api.update(request, ["metadata.annotations"])
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from satchel import _certs
+import satchel.pki
 from tools import binary, grpcurl, satcheld
 
 WAIT = 30  # seconds: the bound on every wait for a line or an exit
@@ -169,7 +169,7 @@ def test_certs_init_writes_six_files_and_keys_are_private(ctl, tmp_path) -> None
         mode = stat.S_IMODE((d / name).stat().st_mode)
         assert mode == (0o600 if name.endswith(".key") else 0o644), (name, oct(mode))
     admin = x509.load_pem_x509_certificate((d / "admin.crt").read_bytes())
-    assert _certs.spiffe_ids(admin) == ["spiffe://example.test/user/admin"]
+    assert satchel.pki.spiffe_ids(admin) == ["spiffe://example.test/user/admin"]
     server_cert = x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
     san = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "sat.example"}
@@ -193,7 +193,7 @@ def test_certs_issue_writes_a_node_and_a_user_pair(ctl, tmp_path) -> None:
         assert r.out.splitlines() == [str(crt), str(key)]
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         cert = x509.load_pem_x509_certificate(crt.read_bytes())
-        assert _certs.spiffe_ids(cert) == [f"spiffe://satchel.local/{kind}/{name}"]
+        assert satchel.pki.spiffe_ids(cert) == [f"spiffe://satchel.local/{kind}/{name}"]
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
         assert 2 * 3600 <= lifetime.total_seconds() <= 2 * 3600 + 600  # 2h, plus the backdating
 
@@ -227,7 +227,7 @@ def test_certs_issue_without_a_ca_names_the_missing_file(ctl, tmp_path) -> None:
 
 
 @dataclass(frozen=True)
-class Kind:
+class KindCase:
     command: str
     needs: tuple[str, ...]  # a command to run first (in the test's namespace), or ()
     create_args: tuple[str, ...]  # beyond the name
@@ -261,22 +261,22 @@ class Kind:
             assert obj["secrets"] == ["web-db"]
 
 
-KINDS = [
-    Kind(
+KIND_CASES = [
+    KindCase(
         "sa",
         needs=(),
         create_args=("--secret", "web-db", "--description", "the web tier"),
         update_args=("--description", "changed"),
         columns=("NAMESPACE", "NAME", "SECRETS", "SPIFFE-ID", "AGE"),
     ),
-    Kind(
+    KindCase(
         "secret",
         needs=(),
         create_args=("--from-literal", "user=app"),
         update_args=(),
         columns=("NAMESPACE", "NAME", "TYPE", "KEYS", "VERSION", "AGE"),
     ),
-    Kind(
+    KindCase(
         "workload",
         needs=("sa", "create", "web"),
         create_args=("--node", "n1", "--service-account", "web", "--secret", "web-db"),
@@ -286,8 +286,8 @@ KINDS = [
 ]
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=[k.command for k in KINDS])
-def test_round_trip_in_every_output_format(ctl, ns, kind: Kind) -> None:
+@pytest.mark.parametrize("kind", KIND_CASES, ids=[k.command for k in KIND_CASES])
+def test_round_trip_in_every_output_format(ctl, ns, kind: KindCase) -> None:
     if kind.needs:
         assert ctl(*kind.needs, "-n", ns).code == 0
     created = ctl(kind.command, "create", "web", "-n", ns, "--label", "app=web", "--annotation", "owner=ops",

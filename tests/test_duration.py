@@ -1,4 +1,4 @@
-"""satchel._duration.parse_duration: the duration syntax of satchelctl and satcheld flags."""
+"""satchel.durations.parse_duration: the duration syntax of satchelctl and satcheld flags."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from satchel._duration import parse_duration
+from satchel.durations import parse_duration
 
 
 @pytest.mark.parametrize(

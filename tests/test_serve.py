@@ -14,14 +14,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import pytest
 
-from conftest import Pki
+from conftest import Pki, Stubs
 from kinds import SERVICE_ACCOUNTS
-from satchel.v1 import service_account_pb2_grpc
 from kinds import Api
 from tools import grpcurl as _grpcurl
 from tools import satcheld as _satcheld
@@ -83,7 +81,7 @@ async def satcheld(tmp_path: Path, *args: str, dev: bool = True) -> AsyncIterato
 
 
 def _accounts(channel: grpc.aio.Channel) -> Api:
-    return SERVICE_ACCOUNTS.api(SimpleNamespace(accounts=service_account_pb2_grpc.ServiceAccountServiceStub(channel)))
+    return SERVICE_ACCOUNTS.api(Stubs.over(channel))
 
 
 def _channel(exports: dict[str, str]) -> grpc.aio.Channel:

@@ -1,4 +1,6 @@
-"""The client's resuming watch against the real server: it resumes across a
+"""The client's resuming watch against the real server: a watch from a listing's
+revision (list-then-watch) misses nothing, blocking or asyncio, also when the
+listing's later pages were read after changes; it resumes across a
 server restart (same data, same port) with nothing missed or repeated, also
 when all it had seen was BOOKMARK{0}; relists when the history it needs was
 compacted (while it was away, or before it started) and converges to the true
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import timedelta
 
 import pytest
 
 from conftest import make_config
 from kinds import SECRETS
-from satchel import AsyncClient, EventType, PermissionDeniedError
+from satchel import AsyncClient, AsyncListIterator, Client, EventType, ListIterator, PermissionDeniedError
 from satcheld._server import Server
 from watchkit import (
     ADDED,
@@ -31,6 +34,7 @@ from watchkit import (
     Event,
     Watcher,
     check_stream,
+    event_of,
     free_port,
     running,
     state_of,
@@ -49,11 +53,12 @@ async def serve(pki, data, listen: str, **overrides) -> Server:
 
 
 async def latest_revision(client: AsyncClient) -> int:
-    """The revision a ListSecrets reads at (the client's list_secrets yields only the items)."""
-    response = await client._transport.unary(
-        "SecretService", "ListSecrets", SECRETS.module.ListSecretsRequest(page_size=1)
-    )
-    return response.revision
+    """The revision a ListSecrets reads at."""
+    return await client.list_secrets(page_size=1).fetch_revision()
+
+
+def event_of_response(response) -> Event:
+    return event_of(response, SECRETS)
 
 
 def ev(kind: str, obj, revision: int | None = None) -> Event:
@@ -84,6 +89,117 @@ def rebuild(events: list[Event]) -> dict[str, Event]:
         elif e.key:
             state[e.key] = e
     return state
+
+
+def truth_of(listed) -> dict[str, object]:
+    return {f"{s.metadata.namespace}/{s.metadata.name}": state_of(s) for s in listed}
+
+
+def applied(state: dict[str, object], events: list[Event]) -> dict[str, object]:
+    """`state` (from a listing) with `events` applied, as a caller keeps it."""
+    state = dict(state)
+    for e in events:
+        if e.type == DELETED:
+            state.pop(e.key, None)
+        elif e.key:
+            state[e.key] = e.state
+    return state
+
+
+async def test_list_then_watch_from_the_listings_revision_misses_nothing(server, pki) -> None:
+    """`for s in (it := client.list_secrets()): ...` then `watch_secrets(since_revision=it.revision)`:
+    the changes made after the listing arrive, and the state rebuilt from both is the truth."""
+    client = client_for(pki, server.address)
+    try:
+        await client.create_secret("a", data={"k": b"1"})
+        b = await client.create_secret("b", data={"k": b"2"})
+        listing = client.list_secrets()
+        assert isinstance(listing, AsyncListIterator)
+        listed = [s async for s in listing]
+        assert listing.revision == b.metadata.resource_version  # the last write before the listing
+
+        c = await client.create_secret("c", data={"k": b"3"})
+        a2 = await client.update_secret("a", labels={"after": "listing"})
+        await client.delete_secret("b")
+        final = await latest_revision(client)
+
+        consumer = Watcher.consume(client.watch_secrets(since_revision=listing.revision), SECRETS)
+        try:
+            await consumer.settle(final)
+        finally:
+            await consumer.close()
+        events = consumer.object_events()
+        expected = [(ADDED, "default/c"), (MODIFIED, "default/a"), (DELETED, "default/b")]
+        assert [(e.type, e.key) for e in events] == expected
+        assert events[0] == ev(ADDED, c) and events[1] == ev(MODIFIED, a2)
+        check_stream(consumer.events, "list-then-watch")
+        truth = truth_of([s async for s in client.list_secrets()])
+        assert applied(truth_of(listed), events) == truth
+        assert sorted(truth) == ["default/a", "default/c"]
+    finally:
+        await client.close()
+
+
+async def test_blocking_list_then_watch_misses_a_change_made_between_pages(server, pki) -> None:
+    """The revision is the first page's: a change made while the listing is being paged
+    through (here to an object of its second page) is replayed by the watch, so the state
+    rebuilt is still the truth. Reading `revision` before iterating reads the first page."""
+    writer = client_for(pki, server.address)
+    client = Client(server=server.address, ca=pki.ca, cert=pki.admin.cert, key=pki.admin.key)
+    try:
+        for name in ("a", "b", "c"):
+            await writer.create_secret(name, data={"k": name.encode()})
+        listing = client.list_secrets(page_size=2)
+        assert isinstance(listing, ListIterator)
+        revision = await asyncio.to_thread(lambda: listing.revision)  # reads page 1 (a, b)
+        first = await asyncio.to_thread(next, listing)
+        second = await asyncio.to_thread(next, listing)
+        assert [first.metadata.name, second.metadata.name] == ["a", "b"]
+        c2 = await writer.update_secret("c", data={"k": b"c2"})  # c is on page 2, not read yet
+        d = await writer.create_secret("d", data={"k": b"d"})
+        listed = [first, second, *await asyncio.to_thread(list, listing)]
+        assert [s.metadata.name for s in listed] == ["a", "b", "c", "d"]  # page 2: c as it is now, and d
+        assert listing.revision == revision  # still the first page's
+
+        stream = client.watch_secrets(since_revision=revision)
+        stop = threading.Timer(WAIT, stream.close)  # a bound on the wait, not a synchronization
+        stop.start()
+
+        def until(target: int) -> list:
+            got = []
+            for event in stream:
+                got.append(event)
+                if event.revision >= target:
+                    return got
+            raise AssertionError(f"the watch ended before revision {target}: {list(map(event_of_response, got))}")
+
+        try:
+            responses = await asyncio.to_thread(until, d.metadata.resource_version)
+        finally:
+            stop.cancel()
+            stream.close()
+        events = [e for e in map(event_of_response, responses) if e.key]
+        assert [(e.type, e.key) for e in events] == [(MODIFIED, "default/c"), (ADDED, "default/d")]
+        assert events[0] == ev(MODIFIED, c2)
+        truth = truth_of([s async for s in writer.list_secrets()])
+        assert applied(truth_of(listed), events) == truth
+    finally:
+        await asyncio.to_thread(client.close)
+        await writer.close()
+
+
+async def test_async_listing_revision_is_known_once_the_first_page_was_read(server, pki) -> None:
+    client = client_for(pki, server.address)
+    try:
+        made = await client.create_secret("only", data={"k": b"1"})
+        listing = client.list_secrets()
+        with pytest.raises(RuntimeError, match="iterate first"):
+            _ = listing.revision
+        assert await listing.fetch_revision() == made.metadata.resource_version
+        assert [s.metadata.name async for s in listing] == ["only"]  # the page read is not lost
+        assert listing.revision == made.metadata.resource_version
+    finally:
+        await client.close()
 
 
 async def test_the_watch_resumes_across_a_server_restart_with_nothing_missed_or_repeated(pki, tmp_path) -> None:

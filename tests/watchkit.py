@@ -155,8 +155,8 @@ def event_of(response: Message, kind: Kind) -> Event:
 
 def watch_call(stubs: Stubs, kind: Kind, **request: Any) -> grpc.aio.UnaryStreamCall:
     """Starts WatchX on `stubs` with the request fields given."""
-    rpc = getattr(getattr(stubs, kind.stub), f"Watch{kind.plural}")
-    return rpc(getattr(kind.module, f"Watch{kind.plural}Request")(**request))
+    rpc = getattr(kind.stub(stubs.channel), kind.rpc("watch"))
+    return rpc(kind.request_type("watch")(**request))
 
 
 class Watcher:

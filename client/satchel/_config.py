@@ -40,7 +40,8 @@ class ClientConfig:
     token: str | None = field(default=None, repr=False)
     """A bearer token; when set, calls are made as the token's service account. Never printed."""
     timeout: float = 30.0
-    """Seconds each unary call may take. Watches have no deadline."""
+    """Seconds each unary call may take, retries of a read included (a call's own `timeout=`
+    replaces it; each page of a listing has its own). Watches have no deadline."""
 
     def __post_init__(self) -> None:
         for name in ("server", "ca", "cert", "key"):

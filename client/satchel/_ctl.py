@@ -25,10 +25,12 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 from google.protobuf import json_format  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
 
+from satchel import kinds  # noqa: E402
 from satchel._client import Client  # noqa: E402
 from satchel._config import _SOURCES, ClientConfig  # noqa: E402
-from satchel._duration import parse_duration  # noqa: E402
 from satchel._errors import ConflictError, SatchelError  # noqa: E402
+from satchel.durations import parse_duration  # noqa: E402
+from satchel.kinds import Kind  # noqa: E402
 from satchel.v1 import meta_pb2, secret_pb2  # noqa: E402
 
 PROG = "satchelctl"
@@ -95,19 +97,24 @@ def _short_enum(enum: Any, value: int, prefix: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The three resource kinds: how each is named, shown and built from flags.
+# The three resource kinds: how each is shown and built from flags (satchel.kinds names them).
 
 
 @dataclass(frozen=True)
-class _Kind:
+class _KindCommand:
+    """What satchelctl adds to a kind: its command, its table and its flags. Every name
+    the API gives the kind (fields, client methods, nouns) comes from `api`."""
+
+    api: Kind  # the kind as the API names it
     command: str  # sa, secret, workload
     aliases: tuple[str, ...]
-    singular: str  # the client's method suffix: service_account, secret, workload
-    plural: str  # service_accounts, secrets, workloads
-    title: str  # for messages: service account, secret, workload
     columns: tuple[str, ...]
     row: Callable[[Any], list[str]]  # the cells after NAMESPACE and NAME, without AGE
-    fields: Callable[[argparse.Namespace, bool], dict[str, Any]]  # flags -> client kwargs
+    from_flags: Callable[[argparse.Namespace, bool], dict[str, Any]]  # flags -> client keyword arguments
+
+    def client_method(self, client: Client, verb: str) -> Callable[..., Any]:
+        """The client's method for `verb` on this kind: client.get_secret, client.list_secrets, ..."""
+        return getattr(client, self.api.client_method(verb))  # type: ignore[no-any-return]
 
 
 def _sa_row(sa: Any) -> list[str]:
@@ -155,38 +162,22 @@ def _workload_fields(args: argparse.Namespace, create: bool) -> dict[str, Any]:
     return fields
 
 
-SERVICE_ACCOUNTS = _Kind(
-    "sa",
-    ("serviceaccount",),
-    "service_account",
-    "service_accounts",
-    "service account",
-    ("SECRETS", "SPIFFE-ID"),
-    _sa_row,
-    _sa_fields,
+_SA_COMMAND = _KindCommand(
+    kinds.SERVICE_ACCOUNTS, "sa", ("serviceaccount",), ("SECRETS", "SPIFFE-ID"), _sa_row, _sa_fields
 )
-SECRETS = _Kind(
-    "secret", (), "secret", "secrets", "secret", ("TYPE", "KEYS", "VERSION"), _secret_row, _secret_fields
+_SECRET_COMMAND = _KindCommand(kinds.SECRETS, "secret", (), ("TYPE", "KEYS", "VERSION"), _secret_row, _secret_fields)
+_WORKLOAD_COMMAND = _KindCommand(
+    kinds.WORKLOADS, "workload", (), ("NODE", "SERVICE-ACCOUNT"), _workload_row, _workload_fields
 )
-WORKLOADS = _Kind(
-    "workload",
-    (),
-    "workload",
-    "workloads",
-    "workload",
-    ("NODE", "SERVICE-ACCOUNT"),
-    _workload_row,
-    _workload_fields,
-)
-KINDS = (SERVICE_ACCOUNTS, SECRETS, WORKLOADS)
-# `watch` takes the plural nouns (and accepts the kind commands' names).
-_WATCHED = {"serviceaccounts": SERVICE_ACCOUNTS, "secrets": SECRETS, "workloads": WORKLOADS}
+_KIND_COMMANDS = (_SA_COMMAND, _SECRET_COMMAND, _WORKLOAD_COMMAND)
+# `watch` takes the kinds' names, the plural nouns of the policy file: serviceaccounts, secrets, workloads.
+_WATCHED = {command.api.name: command for command in _KIND_COMMANDS}
 
 
-def _show(kind: _Kind, objects: list[Any], output: str, *, many: bool) -> None:
+def _show(kind: _KindCommand, objects: list[Any], output: str, *, many: bool) -> None:
     if output == "table":
         if not objects:
-            print(f"no {kind.plural.replace('_', ' ')} found", file=sys.stderr)
+            print(f"no {kind.api.plural_noun} found", file=sys.stderr)
             return
         now = datetime.now(UTC)
         _table(
@@ -274,40 +265,40 @@ def _connect(args: argparse.Namespace) -> Client:
         raise UsageError(str(e)) from None
 
 
-def _create(client: Client, kind: _Kind, args: argparse.Namespace) -> None:
+def _create(client: Client, kind: _KindCommand, args: argparse.Namespace) -> None:
     labels, _ = _pairs(args.label, "--label")
     annotations, _ = _pairs(args.annotation, "--annotation")
-    create = getattr(client, f"create_{kind.singular}")
+    create = kind.client_method(client, "create")
     obj = create(
-        args.name, namespace=args.namespace, labels=labels, annotations=annotations, **kind.fields(args, True)
+        args.name, namespace=args.namespace, labels=labels, annotations=annotations, **kind.from_flags(args, True)
     )
     _show(kind, [obj], args.output, many=False)
 
 
-def _get(client: Client, kind: _Kind, args: argparse.Namespace) -> None:
-    obj = getattr(client, f"get_{kind.singular}")(args.name, namespace=args.namespace)
+def _get(client: Client, kind: _KindCommand, args: argparse.Namespace) -> None:
+    obj = kind.client_method(client, "get")(args.name, namespace=args.namespace)
     _show(kind, [obj], args.output, many=False)
 
 
-def _list(client: Client, kind: _Kind, args: argparse.Namespace) -> None:
-    objects = list(getattr(client, f"list_{kind.plural}")(namespace=args.namespace or "", label_selector=args.selector))
+def _list(client: Client, kind: _KindCommand, args: argparse.Namespace) -> None:
+    objects = list(kind.client_method(client, "list")(namespace=args.namespace or "", label_selector=args.selector))
     _show(kind, objects, args.output, many=True)
 
 
-def _update(client: Client, kind: _Kind, args: argparse.Namespace) -> None:
+def _update(client: Client, kind: _KindCommand, args: argparse.Namespace) -> None:
     """Changes the fields given. `--label`/`--annotation` merge into the object's own (`k-`
     removes one): it is read first and written back with its etag (or the one given)."""
-    fields = kind.fields(args, False)
+    fields = kind.from_flags(args, False)
     labels, unlabel = _pairs(args.label, "--label", removable=True)
     notes, unnote = _pairs(args.annotation, "--annotation", removable=True)
     merge = bool(labels or unlabel or notes or unnote)
     if not fields and not merge:
         raise UsageError(f"nothing to change: give the fields to update (see {PROG} {kind.command} update -h)")
-    update = getattr(client, f"update_{kind.singular}")
+    update = kind.client_method(client, "update")
     for attempt in range(1, _MERGE_ATTEMPTS + 1):
         etag = args.etag or ""
         if merge:
-            current = getattr(client, f"get_{kind.singular}")(args.name, namespace=args.namespace).metadata
+            current = kind.client_method(client, "get")(args.name, namespace=args.namespace).metadata
             etag = etag or current.etag
             if labels or unlabel:
                 fields["labels"] = _merged(current.labels, labels, unlabel)
@@ -331,10 +322,10 @@ def _merged(current: Any, set_: dict[str, str], remove: list[str]) -> dict[str, 
     return merged
 
 
-def _delete(client: Client, kind: _Kind, args: argparse.Namespace) -> None:
-    getattr(client, f"delete_{kind.singular}")(args.name, namespace=args.namespace, etag=args.etag or "")
+def _delete(client: Client, kind: _KindCommand, args: argparse.Namespace) -> None:
+    kind.client_method(client, "delete")(args.name, namespace=args.namespace, etag=args.etag or "")
     if args.output == "table":
-        print(f"{kind.title} {args.namespace}/{args.name} deleted")
+        print(f"{kind.api.noun} {args.namespace}/{args.name} deleted")
     else:
         _dump({}, args.output)  # the empty DeleteXResponse, as grpcurl prints it
 
@@ -343,7 +334,7 @@ def _rotate(client: Client, args: argparse.Namespace) -> None:
     secret = client.rotate_secret(
         args.name, namespace=args.namespace, data=_secret_data(args), grace_period=args.grace_period
     )
-    _show(SECRETS, [secret], args.output, many=False)
+    _show(_SECRET_COMMAND, [secret], args.output, many=False)
 
 
 def _watch(client: Client, args: argparse.Namespace) -> None:
@@ -352,7 +343,7 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
     kind = _WATCHED[args.kind]
     if args.output == "yaml":
         _yaml_module()  # a missing PyYAML is said now, not at the first event
-    stream = getattr(client, f"watch_{kind.plural}")(
+    stream = kind.client_method(client, "watch")(
         namespace=args.namespace or "",
         label_selector=args.selector,
         since_revision=args.since,
@@ -367,7 +358,7 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
             elif event.type == meta_pb2.EVENT_TYPE_BOOKMARK:
                 continue  # progress markers: only for machines (-o json)
             else:
-                obj = getattr(event, kind.singular)
+                obj = getattr(event, kind.api.field)
                 name = f"{obj.metadata.namespace}/{obj.metadata.name}" if obj.metadata.name else "-"
                 type_ = meta_pb2.EventType.Name(event.type).removeprefix("EVENT_TYPE_")
                 line = f"{type_:<9} {event.revision:<8} {name}"
@@ -399,10 +390,10 @@ def _review(client: Client, args: argparse.Namespace) -> None:
 def _certs_init(args: argparse.Namespace) -> None:
     names = ("ca.crt", "ca.key", "server.crt", "server.key", "admin.crt", "admin.key")
     paths = [Path(args.dir) / name for name in names]
-    from satchel import _certs  # cryptography loads only for the certs commands
+    from satchel import pki  # cryptography loads only for the certs commands
 
     before = {path: _identity(path) for path in paths}
-    _certs.init(args.dir, trust_domain=args.trust_domain, hosts=args.hosts.split(","))
+    pki.init(args.dir, trust_domain=args.trust_domain, hosts=args.hosts.split(","))
     for path in paths:
         if _identity(path) != before[path]:
             print(path)
@@ -419,9 +410,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _certs_issue(args: argparse.Namespace) -> None:
-    from satchel import _certs
+    from satchel import pki
 
-    for path in _certs.issue(args.dir, args.kind, args.name, ttl=args.ttl):
+    for path in pki.issue(args.dir, args.kind, args.name, ttl=args.ttl):
         print(path)
 
 
@@ -473,9 +464,9 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     }
 
 
-def _add_kind(sub: Any, kind: _Kind, p: dict[str, argparse.ArgumentParser]) -> None:
+def _add_kind(sub: Any, kind: _KindCommand, p: dict[str, argparse.ArgumentParser]) -> None:
     api = [p["connection"], p["output"]]
-    parser = sub.add_parser(kind.command, aliases=list(kind.aliases), help=f"{kind.plural.replace('_', ' ')}")
+    parser = sub.add_parser(kind.command, aliases=list(kind.aliases), help=kind.api.plural_noun)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def add(verb: str, parents: list[argparse.ArgumentParser], run: Callable[..., None], help: str) -> Any:
@@ -483,9 +474,9 @@ def _add_kind(sub: Any, kind: _Kind, p: dict[str, argparse.ArgumentParser]) -> N
         v.set_defaults(run=lambda client, args: run(client, kind, args))
         return v
 
-    data = [p["data"]] if kind is SECRETS else []
-    create = add("create", [*api, p["namespace"], p["meta"], *data], _create, f"create a {kind.title}")
-    update = add("update", [*api, p["namespace"], p["meta"], p["etag"], *data], _update, f"change a {kind.title}")
+    data = [p["data"]] if kind is _SECRET_COMMAND else []
+    create = add("create", [*api, p["namespace"], p["meta"], *data], _create, f"create a {kind.api.noun}")
+    update = add("update", [*api, p["namespace"], p["meta"], p["etag"], *data], _update, f"change a {kind.api.noun}")
     for v in (create, update):
         v.add_argument("name")
     update.epilog = (
@@ -493,10 +484,10 @@ def _add_kind(sub: Any, kind: _Kind, p: dict[str, argparse.ArgumentParser]) -> N
         "repeatable flags such as --secret replace the whole list."
     )
     for verb, run, parents in (("get", _get, [p["namespace"]]), ("delete", _delete, [p["namespace"], p["etag"]])):
-        add(verb, [*api, *parents], run, f"{verb} a {kind.title}").add_argument("name")
-    add("list", [*api, p["all_namespaces"]], _list, f"list {kind.plural.replace('_', ' ')}")
+        add(verb, [*api, *parents], run, f"{verb} a {kind.api.noun}").add_argument("name")
+    add("list", [*api, p["all_namespaces"]], _list, f"list {kind.api.plural_noun}")
 
-    if kind is SERVICE_ACCOUNTS:
+    if kind is _SA_COMMAND:
         for v in (create, update):
             v.add_argument(
                 "--secret",
@@ -506,7 +497,7 @@ def _add_kind(sub: Any, kind: _Kind, p: dict[str, argparse.ArgumentParser]) -> N
                 help="a secret its workloads get (repeatable)",
             )
             v.add_argument("--description")
-    elif kind is SECRETS:
+    elif kind is _SECRET_COMMAND:
         for v in (create, update):
             v.add_argument("--immutable", action="store_true", help="refuse later data changes")
         create.add_argument("--type", choices=_SECRET_TYPES, default="opaque", help="secret type (default opaque)")
@@ -553,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ttl", type=_duration, default=timedelta(hours=24), help="lifetime (default 24h)")
     issue.set_defaults(local=_certs_issue)
 
-    for kind in KINDS:
+    for kind in _KIND_COMMANDS:
         _add_kind(sub, kind, p)
 
     watch = sub.add_parser(
@@ -616,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SatchelError as e:
         return _fail(e)
-    except ValueError as e:  # refused by the client or by satchel._certs before anything was sent
+    except ValueError as e:  # refused by the client or by satchel.pki before anything was sent
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `satchelctl … | head`: the reader has gone

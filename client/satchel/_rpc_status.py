@@ -11,9 +11,11 @@ on the wire, is read as its two fields and known by its type URL's last part.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-_F = descriptor_pb2.FieldDescriptorProto
+_F: TypeAlias = descriptor_pb2.FieldDescriptorProto
 ERROR_INFO_TYPE = "google.rpc.ErrorInfo"
 BAD_REQUEST_TYPE = "google.rpc.BadRequest"
 
@@ -26,7 +28,9 @@ def _repeated(name: str, number: int, message: str) -> _F:
     return _F(name=name, number=number, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED, type_name=f".google.rpc.{message}")
 
 
-def _message(name: str, *fields: _F, nested: tuple = (), map_entry: bool = False) -> descriptor_pb2.DescriptorProto:
+def _message(
+    name: str, *fields: _F, nested: tuple[descriptor_pb2.DescriptorProto, ...] = (), map_entry: bool = False
+) -> descriptor_pb2.DescriptorProto:
     options = descriptor_pb2.MessageOptions(map_entry=True) if map_entry else None
     return descriptor_pb2.DescriptorProto(name=name, field=fields, nested_type=nested, options=options)
 

@@ -43,6 +43,11 @@ class Kind:
     plural_type: str  # ServiceAccounts: List and Watch RPCs are named with it
 
     @property
+    def plural_noun(self) -> str:
+        """service accounts (in messages to people)."""
+        return self.items.replace("_", " ")
+
+    @property
     def type_name(self) -> str:
         """ServiceAccount: the message name, which the single-object RPCs carry."""
         return self.message.DESCRIPTOR.name
@@ -61,6 +66,12 @@ class Kind:
     def method(self, verb: str) -> str:
         """The full method name: /satchel.v1.ServiceAccountService/ListServiceAccounts."""
         return f"/{self.service}/{self.rpc(verb)}"
+
+    def client_method(self, verb: str) -> str:
+        """The name of the `satchel.Client` method for `verb`: client_method("list") ==
+        "list_service_accounts" (the RPC's name in snake case)."""
+        self.rpc(verb)  # refuses an unknown verb
+        return f"{verb}_{self.items if verb in _PLURAL_VERBS else self.field}"
 
     def request_type(self, verb: str) -> type[Message]:
         return getattr(self.module, f"{self.rpc(verb)}Request")  # type: ignore[no-any-return]

@@ -17,7 +17,8 @@ from typing import Any
 # GRPC_VERBOSITY=debug (or info) brings them back. Set before grpc loads.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from satchel._duration import parse_duration
+from satchel import pki
+from satchel.durations import parse_duration
 
 from ._config import ConfigError, ServerConfig
 from ._server import Server
@@ -84,14 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dev_config(args: argparse.Namespace) -> ServerConfig:
     """Creates what is missing in the data directory and reuses what exists."""
-    from satchel import _certs
-
     data = Path(args.data_dir).resolve()
     certs = data / "certs"
     try:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         data.chmod(0o700)  # keys, the database and the audit log live here
-        _certs.init(certs, trust_domain=args.trust_domain)
+        pki.init(certs, trust_domain=args.trust_domain)
         key_file = data / "encryption.key"
         if not key_file.exists():
             KeyRing.create_file(key_file)

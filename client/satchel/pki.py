@@ -1,7 +1,8 @@
 """X.509 for Satchel: a local CA and the ECDSA P-256 certificates it signs, carrying SPIFFE IDs.
 
 `init` and `issue` back `satchelctl certs init|issue` and `satcheld serve --dev`; the building
-blocks (`generate_key`, `make_csr`, `sign`, `load_ca`, ...) serve the server and the node agent.
+blocks (`generate_key`, `make_csr`, `sign`, `load_ca`, `read_key`, ...) serve the server and the
+node agent. A public module: the server uses it, so it never reaches into the client's privates.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def sign(
 def load_ca(dir: str | os.PathLike[str]) -> tuple[x509.Certificate, PrivateKey]:
     """The CA certificate and key in `dir` (`ca.crt`, `ca.key`)."""
     path = Path(dir)
-    return _read_cert(path / "ca.crt"), _read_key(path / "ca.key")
+    return read_cert(path / "ca.crt"), read_key(path / "ca.key")
 
 
 def trust_domain_of(ca_cert: x509.Certificate) -> str:
@@ -135,12 +136,12 @@ def init(
     if ca_cert_path.exists() and not ca_key_path.exists():
         raise FileNotFoundError(f"{ca_cert_path} exists but its key {ca_key_path} does not")
     if ca_key_path.exists():
-        ca_key = _read_key(ca_key_path)
+        ca_key = read_key(ca_key_path)
     else:
         ca_key = generate_key()
         _write(ca_key_path, _key_pem(ca_key), 0o600)
     if ca_cert_path.exists():
-        ca_cert = _read_cert(ca_cert_path)
+        ca_cert = read_cert(ca_cert_path)
         existing = trust_domain_of(ca_cert)
         if existing != trust_domain:
             raise ValueError(f"{ca_cert_path} is for trust domain {existing!r}, not {trust_domain!r}")
@@ -200,7 +201,7 @@ def _ensure_leaf(stem: Path, make: Callable[[ec.EllipticCurvePublicKey], x509.Ce
     if cert_path.exists() and key_path.exists():
         return
     if key_path.exists():
-        key = _read_key(key_path)
+        key = read_key(key_path)
     else:
         key = generate_key()
         _write(key_path, _key_pem(key), 0o600)
@@ -278,12 +279,14 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _read_cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
+def read_cert(path: str | os.PathLike[str]) -> x509.Certificate:
+    """The PEM certificate in the file `path`."""
+    return x509.load_pem_x509_certificate(Path(path).read_bytes())
 
 
-def _read_key(path: Path) -> PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+def read_key(path: str | os.PathLike[str]) -> PrivateKey:
+    """The unencrypted PEM ECDSA private key in the file `path`; ValueError for any other key."""
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path} is not an ECDSA private key")
     return key
@@ -303,3 +306,20 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+__all__ = [
+    "CA_TTL",
+    "LEAF_TTL",
+    "PrivateKey",
+    "generate_key",
+    "init",
+    "issue",
+    "load_ca",
+    "make_csr",
+    "read_cert",
+    "read_key",
+    "sign",
+    "spiffe_ids",
+    "trust_domain_of",
+]

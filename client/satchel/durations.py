@@ -1,4 +1,7 @@
-"""Durations as satchelctl and satcheld take them: `500ms`, `90s`, `10m`, `1h30m`, `1.5h`, `7d`."""
+"""Durations as satchelctl and satcheld take them: `500ms`, `90s`, `10m`, `1h30m`, `1.5h`, `7d`.
+
+A public module, so that the server's flags parse durations exactly as the CLI's do.
+"""
 
 from __future__ import annotations
 
@@ -25,3 +28,6 @@ def parse_duration(text: str) -> timedelta:
         return timedelta(seconds=total)
     except OverflowError:
         raise ValueError(f"duration {text!r} is too long") from None
+
+
+__all__ = ["parse_duration"]
