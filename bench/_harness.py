@@ -272,16 +272,12 @@ def process_seconds(pid: int) -> float:
 
 
 def argument_parser(doc: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """--no-pin, --satcheld, --keep, and the hidden --echo-server CERTS."""
-    parser.add_argument(
-        "--no-pin", dest="pin", action="store_false", help="do not put the client on its own CPU"
-    )
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not put the client on its own CPU")
     parser.add_argument(
         "--satcheld",
         default=str(pathlib.Path(sys.executable).parent / "satcheld"),

@@ -23,11 +23,11 @@ import subprocess
 import sys
 import tempfile
 
-import grpc
-
 # This script's directory is on sys.path.
 import _harness
+import grpc
 from _harness import Result
+
 from satcheld.api import MethodTable
 
 ECHO_SERVICE, ECHO = "satchel.bench.Echo", "/satchel.bench.Echo/Echo"
@@ -53,7 +53,9 @@ async def _serve(certs: pathlib.Path, way: str, methods: int) -> None:
     await _harness.serve(server, certs)
 
 
-async def _run(args: argparse.Namespace, servers: dict[str, _harness.Server], certs: pathlib.Path) -> dict[str, list[Result]]:
+async def _run(
+    args: argparse.Namespace, servers: dict[str, _harness.Server], certs: pathlib.Path
+) -> dict[str, list[Result]]:
     timing = {"concurrency": args.concurrency, "warmup": args.warmup, "duration": args.duration}
     payload = os.urandom(PAYLOAD)
     results: dict[str, list[Result]] = {way: [] for way in servers}
@@ -64,11 +66,13 @@ async def _run(args: argparse.Namespace, servers: dict[str, _harness.Server], ce
             for way, server in servers.items():
                 call = calls[way]
                 results[way].append(
-                    await _harness.measure(way, lambda: call(payload), server_pid=server.process.pid, **timing)
+                    await _harness.measure(way, lambda call=call: call(payload), server_pid=server.process.pid, **timing)
                 )
             print(
                 f"round {number}: "
-                + "   ".join(f"{way} {runs[-1].qps:.0f} QPS {_cpu_per_call(runs[-1]):.0f} µs" for way, runs in results.items()),
+                + "   ".join(
+                    f"{way} {runs[-1].qps:.0f} QPS {_cpu_per_call(runs[-1]):.0f} µs" for way, runs in results.items()
+                ),
                 flush=True,
             )
     finally:
@@ -86,7 +90,11 @@ def _report(results: dict[str, list[Result]], methods: int) -> None:
     print()
     print(f"{'':<28}{'QPS':>8}{'server µs/call':>16}{'QPS ratio':>11}")
     for way, runs in results.items():
-        label = {"none": "echo only", "table": f"+ {methods} in a method table", "registered": f"+ {methods} registered"}[way]
+        label = {
+            "none": "echo only",
+            "table": f"+ {methods} in a method table",
+            "registered": f"+ {methods} registered",
+        }[way]
         ratio = statistics.median(r.qps / b.qps for r, b in zip(runs, base, strict=True))
         print(
             f"{label:<28}{statistics.median(r.qps for r in runs):>8.0f}"

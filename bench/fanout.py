@@ -32,12 +32,12 @@ import subprocess
 import sys
 import time
 
-import grpc
-from google.protobuf import field_mask_pb2
-
 # This script's directory is on sys.path.
 import _harness
+import grpc
 from _harness import DATA, Server, client_seconds, percentile, process_seconds
+from google.protobuf import field_mask_pb2
+
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
 
 NAMESPACE = "bench-fanout"
@@ -87,7 +87,7 @@ async def _serve_echo(certs: pathlib.Path) -> None:
             queue.put_nowait(request)
         return b""
 
-    async def subscribe(request: bytes, context: grpc.aio.ServicerContext):  # noqa: ANN202
+    async def subscribe(request: bytes, context: grpc.aio.ServicerContext):
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         subscribers.add(queue)
         try:
@@ -180,9 +180,7 @@ class Streams:
 def _own_channel(address: str, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
     # grpc shares one connection among channels with equal arguments through
     # its global subchannel pool; a local pool gives each channel its own.
-    return grpc.aio.secure_channel(
-        address, credentials, options=[("grpc.use_local_subchannel_pool", 1)]
-    )
+    return grpc.aio.secure_channel(address, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 async def _consume(w: Watcher, established: asyncio.Event, counter: list[int]) -> None:
@@ -210,9 +208,7 @@ async def _consume(w: Watcher, established: asyncio.Event, counter: list[int]) -
     established.set()  # wake the waiter, which looks for errors
 
 
-async def _open(
-    address: str, method: str, n: int, credentials: grpc.ChannelCredentials
-) -> Streams:
+async def _open(address: str, method: str, n: int, credentials: grpc.ChannelCredentials) -> Streams:
     """Opens N channels with one watch stream each and waits for every SYNCED."""
     request = secret_pb2.WatchSecretsRequest(namespace=NAMESPACE, send_initial=True)
     established = asyncio.Event()
@@ -235,21 +231,17 @@ async def _open(
             await streams.close()
             if failed:
                 raise SystemExit(f"{len(failed)} of {n} streams failed, e.g. {failed[0]}")
-            raise SystemExit(
-                f"only {counter[0]} of {n} streams got SYNCED in {SETUP_TIMEOUT:.0f} s"
-            )
+            raise SystemExit(f"only {counter[0]} of {n} streams got SYNCED in {SETUP_TIMEOUT:.0f} s")
         established.clear()
         try:
             await asyncio.wait_for(established.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     streams.setup_seconds = time.perf_counter() - t0
     return streams
 
 
-async def _serve_watchers(
-    address: str, method: str, certs: pathlib.Path, n: int, out: pathlib.Path
-) -> None:
+async def _serve_watchers(address: str, method: str, certs: pathlib.Path, n: int, out: pathlib.Path) -> None:
     """A watcher process (`fanout.py --watchers ...`): opens N streams, says
     `ready SECONDS`, then reads one line of JSON from stdin, the revisions it
     should receive and for how long to wait for them; waits, says `drained`;
@@ -310,9 +302,7 @@ class Clients:
         self.setup_seconds = 0.0
 
     @classmethod
-    async def start(
-        cls, target: Target, n: int, k: int, certs: pathlib.Path, workdir: pathlib.Path
-    ) -> Clients:
+    async def start(cls, target: Target, n: int, k: int, certs: pathlib.Path, workdir: pathlib.Path) -> Clients:
         clients = cls()
         sizes = [n // k + (i < n % k) for i in range(k)]
         try:
@@ -339,21 +329,18 @@ class Clients:
             raise
         return clients
 
-    async def _line(
-        self, proc: subprocess.Popen[bytes], log: pathlib.Path, word: str, timeout: float
-    ) -> str:
+    async def _line(self, proc: subprocess.Popen[bytes], log: pathlib.Path, word: str, timeout: float) -> str:
         """The next line the process says, which must start with `word`."""
         assert proc.stdout is not None
         read = asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
         try:
             line = (await asyncio.wait_for(read, timeout)).decode()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             line = ""
         if not line.startswith(word):
             self.kill()  # also ends a read still waiting
             raise SystemExit(
-                f"a watcher process did not say {word!r}; its output:\n"
-                + log.read_text(errors="replace")[-2000:]
+                f"a watcher process did not say {word!r}; its output:\n" + log.read_text(errors="replace")[-2000:]
             )
         return line
 
@@ -412,9 +399,7 @@ class SatchelWriter:
     def _request(self, seq: int) -> secret_pb2.UpdateSecretRequest:
         data = {**DATA, "password": DATA["password"][:-8] + b"%08d" % (seq % 10**8)}
         return secret_pb2.UpdateSecretRequest(
-            secret=secret_pb2.Secret(
-                metadata=meta_pb2.ObjectMeta(namespace=NAMESPACE, name=SECRET), data=data
-            ),
+            secret=secret_pb2.Secret(metadata=meta_pb2.ObjectMeta(namespace=NAMESPACE, name=SECRET), data=data),
             update_mask=field_mask_pb2.FieldMask(paths=["data"]),
         )
 
@@ -551,8 +536,7 @@ async def _measure(
     # backlog that grows through the run means the rate is beyond capacity.
     second = max(1, round(1 / args.interval))
     first_ms, last_ms = (
-        1000 * sum(map(sum, part)) / max(1, sum(map(len, part)))
-        for part in (per_write[:second], per_write[-second:])
+        1000 * sum(map(sum, part)) / max(1, sum(map(len, part))) for part in (per_write[:second], per_write[-second:])
     )
     write_latencies = sorted(latency for _, _, latency in writes)
     elapsed = cpu1[2] - cpu0[2]
@@ -667,10 +651,7 @@ async def _run(
 
 
 def print_memory(memory: list[Memory]) -> None:
-    print(
-        f"{'idle streams':<14}{'server':<9}{'RSS 0 MiB':>10}{'RSS N MiB':>10}"
-        f"{'sockets 0/N':>13}{'KiB/stream':>12}"
-    )
+    print(f"{'idle streams':<14}{'server':<9}{'RSS 0 MiB':>10}{'RSS N MiB':>10}{'sockets 0/N':>13}{'KiB/stream':>12}")
     for m in memory:
         print(
             f"{m.streams:<14}{m.target:<9}{m.rss0_kib / 1024:>10.1f}{m.rss_kib / 1024:>10.1f}"
@@ -743,9 +724,7 @@ def print_verdicts(results: list[Result], memory: list[Memory]) -> None:
 
 def _clients(k: int) -> str:
     where = (
-        "one watcher process holds all N streams"
-        if k == 1
-        else f"the N streams are split over {k} watcher processes"
+        "one watcher process holds all N streams" if k == 1 else f"the N streams are split over {k} watcher processes"
     )
     return (
         f"clients: {where}, each stream on its own grpc.aio mTLS channel and connection "
@@ -761,17 +740,11 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _harness.argument_parser(__doc__)
-    parser.add_argument(
-        "--streams", default="100,1000", help="comma-separated stream counts for the latency runs"
-    )
-    parser.add_argument(
-        "--rss-streams", type=int, default=RSS_STREAMS, help="idle streams for RSS (0: skip)"
-    )
+    parser.add_argument("--streams", default="100,1000", help="comma-separated stream counts for the latency runs")
+    parser.add_argument("--rss-streams", type=int, default=RSS_STREAMS, help="idle streams for RSS (0: skip)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of writes per run")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between writes")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 50 streams, 3 s, RSS at 200 streams"
-    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 50 streams, 3 s, RSS at 200 streams")
     _harness.add_server_arguments(parser)
     parser.add_argument(
         "--client-procs",
@@ -787,9 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.watchers:
         address, method, certs, n, out = args.watchers
-        asyncio.run(
-            _serve_watchers(address, method, pathlib.Path(certs), int(n), pathlib.Path(out))
-        )
+        asyncio.run(_serve_watchers(address, method, pathlib.Path(certs), int(n), pathlib.Path(out)))
         return 0
 
     if args.quick:
@@ -826,9 +797,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print()
             try:
-                results, memory = asyncio.run(
-                    _run(args, satcheld, echo, servers.certs, servers.workdir)
-                )
+                results, memory = asyncio.run(_run(args, satcheld, echo, servers.certs, servers.workdir))
             except grpc.aio.AioRpcError as error:
                 raise SystemExit(f"bench call failed: {_describe(error)}") from None
             sizes = []

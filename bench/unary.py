@@ -21,11 +21,11 @@ import platform
 import statistics
 from collections.abc import Awaitable, Callable
 
-import grpc
-
 # This script's directory is on sys.path.
 import _harness
+import grpc
 from _harness import DATA, Result, Server, percentile
+
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
 
 ECHO_METHOD = "/satchel.bench.Echo/Echo"
@@ -67,9 +67,7 @@ def _secret(name: str) -> secret_pb2.Secret:
     )
 
 
-async def _run(
-    args: argparse.Namespace, satchel: Server, echo: Server, certs: pathlib.Path
-) -> list[list[Result]]:
+async def _run(args: argparse.Namespace, satchel: Server, echo: Server, certs: pathlib.Path) -> list[list[Result]]:
     """Per round: GetSecret, then CreateSecret, each followed by an echo of its size."""
     timing = {"concurrency": args.concurrency, "warmup": args.warmup, "duration": args.duration}
 
@@ -121,11 +119,8 @@ def _report(rounds: list[list[Result]]) -> None:
     """Per call: the median QPS of the rounds, p50 and p99 over every call of
     every round, the median CPU; then the median of the rounds' ratios."""
     print()
-    print(
-        f"{'':<16}{'QPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'calls':>8}"
-        f"{'client CPU':>12}{'server CPU':>12}"
-    )
-    for runs in zip(*rounds):
+    print(f"{'':<16}{'QPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'calls':>8}{'client CPU':>12}{'server CPU':>12}")
+    for runs in zip(*rounds, strict=True):
         latencies = sorted(t for run in runs for t in run.latencies)
         print(
             f"{runs[0].label:<16}{statistics.median(r.qps for r in runs):>8.0f}"

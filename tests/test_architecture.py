@@ -36,9 +36,7 @@ def test_the_import_contracts_hold() -> None:
 
 
 def test_the_server_may_not_import_any_private_client_module() -> None:
-    private = {
-        f"satchel.{m.name}" for m in pkgutil.iter_modules(satchel.__path__) if m.name.startswith("_")
-    }
+    private = {f"satchel.{m.name}" for m in pkgutil.iter_modules(satchel.__path__) if m.name.startswith("_")}
     (contract,) = [c for c in _contracts() if c["type"] == "forbidden" and c["source_modules"] == ["satcheld"]]
     assert set(contract["forbidden_modules"]) == private, "pyproject.toml's list of private client modules is stale"
 

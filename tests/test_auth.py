@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from cryptography import x509
-
 from conftest import mint
+from cryptography import x509
 from failures import failure
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
+
 from satchel.v1 import secret_pb2
 
 Code = grpc.StatusCode
@@ -68,7 +68,10 @@ NOT_A_URI_SAN = {
     "common-name-only": (ADMIN_ID, []),
     "dns-san": ("x", [x509.DNSName(ADMIN_ID)]),
     "email-san": ("x", [x509.RFC822Name(ADMIN_ID)]),
-    "two-spiffe-uris": ("x", [x509.UniformResourceIdentifier(ADMIN_ID), x509.UniformResourceIdentifier("spiffe://satchel.local/user/alice")]),
+    "two-spiffe-uris": (
+        "x",
+        [x509.UniformResourceIdentifier(ADMIN_ID), x509.UniformResourceIdentifier("spiffe://satchel.local/user/alice")],
+    ),
 }
 
 
@@ -84,7 +87,9 @@ async def test_the_principal_comes_only_from_one_uri_san(connect, pki, case: str
 
 
 async def test_a_uri_san_beside_other_sans_names_the_principal(connect, pki) -> None:
-    identity = mint(pki.dir, "mixed-sans", "whatever", [x509.DNSName("host.example"), x509.UniformResourceIdentifier(ADMIN_ID)])
+    identity = mint(
+        pki.dir, "mixed-sans", "whatever", [x509.DNSName("host.example"), x509.UniformResourceIdentifier(ADMIN_ID)]
+    )
     await SECRETS.api(connect(identity)).list()
 
 
@@ -113,7 +118,9 @@ async def test_non_admins_are_denied_every_crud_rpc(connect, pki, admin, who: st
     # ListWorkloads becomes an empty, allowed list and this test must say so.)
     await SECRETS.api(admin).create(SECRETS.make("existing"))
     await SERVICE_ACCOUNTS.api(admin).create(SERVICE_ACCOUNTS.make("existing"))
-    await WORKLOADS.api(admin).create(WORKLOADS.make("existing", node_name="n2", service_account="existing", secrets=["existing"]))
+    await WORKLOADS.api(admin).create(
+        WORKLOADS.make("existing", node_name="n2", service_account="existing", secrets=["existing"])
+    )
     before = [await kind.api(admin).list() for kind in ALL]
     identity = pki.identity("node", "admin") if who == "node-named-admin" else getattr(pki, who)
     stubs = connect(identity)
@@ -155,7 +162,12 @@ async def test_audit_one_record_per_request(connect, pki, admin, server) -> None
         ("r-list", lambda md: SECRETS.api(admin).list(namespace="", call={"metadata": md})),
         ("r-missing", lambda md: SECRETS.api(admin).get("absent", "ops", metadata=md)),
         ("r-invalid", lambda md: SECRETS.api(admin).create(bad, metadata=md)),
-        ("r-update", lambda md: SECRETS.api(admin).update(SECRETS.make("audited", data={"token": value + b"2"}), ["data"], metadata=md)),
+        (
+            "r-update",
+            lambda md: SECRETS.api(admin).update(
+                SECRETS.make("audited", data={"token": value + b"2"}), ["data"], metadata=md
+            ),
+        ),
         ("r-denied", lambda md: SECRETS.api(alice).get("audited", metadata=md)),
         ("r-delete", lambda md: SECRETS.api(admin).delete("audited", metadata=md)),
     ]
@@ -217,14 +229,20 @@ async def test_audit_records_unauthenticated_requests(connect, pki, server, who:
 UNKNOWN_CALLS = {
     "unary": lambda ch, method, md: ch.unary_unary(method)(b"\x0a\x01x", metadata=md, timeout=CALL_TIMEOUT),
     "server-stream": lambda ch, method, md: ch.unary_stream(method)(b"", metadata=md, timeout=CALL_TIMEOUT).read(),
-    "client-stream-of-none": lambda ch, method, md: ch.stream_unary(method)(iter(()), metadata=md, timeout=CALL_TIMEOUT),
-    "bidi-that-sends-nothing": lambda ch, method, md: ch.stream_stream(method)(metadata=md, timeout=CALL_TIMEOUT).read(),
+    "client-stream-of-none": lambda ch, method, md: ch.stream_unary(method)(
+        iter(()), metadata=md, timeout=CALL_TIMEOUT
+    ),
+    "bidi-that-sends-nothing": lambda ch, method, md: ch.stream_stream(method)(
+        metadata=md, timeout=CALL_TIMEOUT
+    ).read(),
 }
 
 
 @pytest.mark.parametrize("shape", UNKNOWN_CALLS, ids=list(UNKNOWN_CALLS))
 @pytest.mark.parametrize("method", ["/satchel.v1.SecretService/StealSecret", "/no.such.Service/Call"])
-async def test_an_unknown_method_is_an_audited_unimplemented_with_error_info(admin, server, method: str, shape: str) -> None:
+async def test_an_unknown_method_is_an_audited_unimplemented_with_error_info(
+    admin, server, method: str, shape: str
+) -> None:
     call = UNKNOWN_CALLS[shape](admin.channel, method, (("x-request-id", "r-unknown"),))
 
     f = await failure(call, Code.UNIMPLEMENTED)  # one ErrorInfo, checked by failure()
@@ -263,7 +281,9 @@ async def test_request_id_is_returned_in_trailers(admin, server) -> None:
     request = secret_pb2.ListSecretsRequest()
     made = admin.secrets.ListSecrets(request)
     await made
-    assert dict(await made.trailing_metadata()).get("x-request-id") == _records(server.config.audit_log)[-1]["request_id"]
+    assert (
+        dict(await made.trailing_metadata()).get("x-request-id") == _records(server.config.audit_log)[-1]["request_id"]
+    )
 
     given = admin.secrets.ListSecrets(request, metadata=(("x-request-id", "ci-run-7.step:3"),))
     await given

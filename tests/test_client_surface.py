@@ -129,9 +129,7 @@ def abort(context, code, message, reason, **metadata):
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="satchel.dev", metadata=metadata))
     status = status_pb2.Status(code=code.value[0], message=message, details=[info])
-    context.set_trailing_metadata(
-        (("grpc-status-details-bin", status.SerializeToString()), ("x-request-id", "req-42"))
-    )
+    context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()), ("x-request-id", "req-42")))
     context.abort(code, message)
 
 

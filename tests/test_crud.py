@@ -10,10 +10,10 @@ import uuid
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
-
 from failures import failure
+from google.protobuf import timestamp_pb2
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, hashed, names
+
 from satchel.v1 import secret_pb2
 
 Code = grpc.StatusCode
@@ -217,7 +217,9 @@ async def test_secret_version_changes_only_with_data(admin) -> None:
 async def test_update_mask_star_replaces_everything_mutable(admin) -> None:
     accounts = SERVICE_ACCOUNTS.api(admin)
     await accounts.create(
-        SERVICE_ACCOUNTS.make("svc", labels={"a": "1"}, annotations={"n": "v"}, description="old", secrets=[{"name": "s1"}])
+        SERVICE_ACCOUNTS.make(
+            "svc", labels={"a": "1"}, annotations={"n": "v"}, description="old", secrets=[{"name": "s1"}]
+        )
     )
     replaced = await accounts.update(SERVICE_ACCOUNTS.make("svc", labels={"b": "2"}, description=""), ["*"])
     assert dict(replaced.metadata.labels) == {"b": "2"}
@@ -526,7 +528,9 @@ async def test_immutable_secret_refuses_data_change_and_becoming_mutable(admin) 
     created = await api.create(SECRETS.make("frozen", immutable=True, data={"k": b"s3cr3t-frozen"}))
     assert created.immutable
 
-    f = await failure(api.update(SECRETS.make("frozen", data={"k": b"s3cr3t-other"}), ["data"]), Code.FAILED_PRECONDITION)
+    f = await failure(
+        api.update(SECRETS.make("frozen", data={"k": b"s3cr3t-other"}), ["data"]), Code.FAILED_PRECONDITION
+    )
     assert f.info.reason == "SECRET_IMMUTABLE"
     f = await failure(api.update(SECRETS.make("frozen", immutable=True, data={}), ["*"]), Code.FAILED_PRECONDITION)
     assert f.info.reason == "SECRET_IMMUTABLE"
@@ -580,5 +584,7 @@ async def test_workload_naming_a_missing_account_fails_precondition(admin) -> No
     await SERVICE_ACCOUNTS.api(admin).create(SERVICE_ACCOUNTS.make("runner"))
     job = await workloads.create(WORKLOADS.make("job", service_account="runner"))
     assert job.service_account == "runner"
-    f = await failure(workloads.update(WORKLOADS.make("job", service_account="ghost"), ["service_account"]), Code.FAILED_PRECONDITION)
+    f = await failure(
+        workloads.update(WORKLOADS.make("job", service_account="ghost"), ["service_account"]), Code.FAILED_PRECONDITION
+    )
     assert (await workloads.get("job")).service_account == "runner"

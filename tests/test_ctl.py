@@ -25,9 +25,9 @@ from typing import IO
 import pytest
 import yaml
 from cryptography import x509
+from tools import binary, grpcurl, satcheld
 
 import satchel.pki
-from tools import binary, grpcurl, satcheld
 
 WAIT = 30  # seconds: the bound on every wait for a line or an exit
 EXPORTS = ("SATCHEL_SERVER", "SATCHEL_CA", "SATCHEL_CERT", "SATCHEL_KEY")
@@ -290,8 +290,20 @@ KIND_CASES = [
 def test_round_trip_in_every_output_format(ctl, ns, kind: KindCase) -> None:
     if kind.needs:
         assert ctl(*kind.needs, "-n", ns).code == 0
-    created = ctl(kind.command, "create", "web", "-n", ns, "--label", "app=web", "--annotation", "owner=ops",
-                  *kind.create_args, "-o", "json").json()
+    created = ctl(
+        kind.command,
+        "create",
+        "web",
+        "-n",
+        ns,
+        "--label",
+        "app=web",
+        "--annotation",
+        "owner=ops",
+        *kind.create_args,
+        "-o",
+        "json",
+    ).json()
     assert created["metadata"]["namespace"] == ns
     assert created["metadata"]["name"] == "web"
     assert created["metadata"]["labels"] == {"app": "web"}
@@ -315,8 +327,9 @@ def test_round_trip_in_every_output_format(ctl, ns, kind: KindCase) -> None:
     assert ctl(kind.command, "list", "-n", ns, "-o", "yaml").yaml() == [created]
 
     # update: labels merge, fields change, the revision moves on.
-    updated = ctl(kind.command, "update", "web", "-n", ns, "--label", "tier=front", *kind.update_args,
-                  "-o", "json").json()
+    updated = ctl(
+        kind.command, "update", "web", "-n", ns, "--label", "tier=front", *kind.update_args, "-o", "json"
+    ).json()
     assert updated["metadata"]["labels"] == {"app": "web", "tier": "front"}
     assert int(updated["metadata"]["resource_version"]) > int(created["metadata"]["resource_version"])
     assert updated["metadata"]["etag"] != created["metadata"]["etag"]
@@ -368,8 +381,21 @@ def test_secret_data_from_files_and_literals(ctl, ns, tmp_path) -> None:
     cert.write_bytes(b"-----BEGIN X-----\n\x00\xff binary\n")
     other = tmp_path / "other.bin"
     other.write_bytes(bytes(range(256)))
-    created = ctl("secret", "create", "files", "-n", ns, "--from-file", str(cert), "--from-file", f"blob={other}",
-                  "--from-literal", "mode=ro", "-o", "json").json()
+    created = ctl(
+        "secret",
+        "create",
+        "files",
+        "-n",
+        ns,
+        "--from-file",
+        str(cert),
+        "--from-file",
+        f"blob={other}",
+        "--from-literal",
+        "mode=ro",
+        "-o",
+        "json",
+    ).json()
     expected = {
         "client.pem": hashlib.sha256(cert.read_bytes()).hexdigest(),
         "blob": hashlib.sha256(other.read_bytes()).hexdigest(),
@@ -392,8 +418,20 @@ def test_secret_data_from_files_and_literals(ctl, ns, tmp_path) -> None:
 
 
 def test_secret_types_and_immutable(ctl, ns) -> None:
-    created = ctl("secret", "create", "login", "-n", ns, "--type", "basic-auth", "--from-literal", "username=u",
-                  "--immutable", "-o", "json").json()
+    created = ctl(
+        "secret",
+        "create",
+        "login",
+        "-n",
+        ns,
+        "--type",
+        "basic-auth",
+        "--from-literal",
+        "username=u",
+        "--immutable",
+        "-o",
+        "json",
+    ).json()
     assert created["type"] == "SECRET_TYPE_BASIC_AUTH"
     assert created["immutable"] is True
     r = ctl("secret", "update", "login", "-n", ns, "--from-literal", "username=v")
@@ -527,8 +565,16 @@ def test_flags_win_over_the_environment_before_or_after_the_command(ctl, server:
     assert ctl("--server", server.address, "sa", "list", "-n", ns, env=env).code == 0
 
     flags_only = _clean_env()
-    connection = ["--server", server.address, "--ca", server.env["SATCHEL_CA"], "--cert", server.env["SATCHEL_CERT"],
-                  "--key", server.env["SATCHEL_KEY"]]
+    connection = [
+        "--server",
+        server.address,
+        "--ca",
+        server.env["SATCHEL_CA"],
+        "--cert",
+        server.env["SATCHEL_CERT"],
+        "--key",
+        server.env["SATCHEL_KEY"],
+    ]
     r = ctl("sa", "create", "flagged", "-n", ns, *connection, env=flags_only)
     assert r.code == 0, r.err
 
@@ -561,8 +607,24 @@ def test_rotate_and_token_review_report_the_server_answer(ctl, ns) -> None:
 
 
 def test_json_is_what_grpcurl_prints(ctl, server: Server, ns) -> None:
-    assert ctl("secret", "create", "same", "-n", ns, "--from-literal", "a=1", "--from-literal", "b=2",
-               "--label", "x=y", "--annotation", "note=n").code == 0
+    assert (
+        ctl(
+            "secret",
+            "create",
+            "same",
+            "-n",
+            ns,
+            "--from-literal",
+            "a=1",
+            "--from-literal",
+            "b=2",
+            "--label",
+            "x=y",
+            "--annotation",
+            "note=n",
+        ).code
+        == 0
+    )
     certs = server.data / "certs"
     proc = subprocess.run(
         [
@@ -680,6 +742,6 @@ def test_watch_since_replays_history(ctl, watch, ns) -> None:
 
 
 def test_watch_errors_end_with_exit_1(watch) -> None:
-    proc, lines = watch("secrets", "-l", "not a selector!")
+    proc, _lines = watch("secrets", "-l", "not a selector!")
     assert proc.wait(WAIT) == 1
     assert proc.stderr.read().startswith("error: INVALID_ARGUMENT: ")

@@ -30,7 +30,24 @@ def test_parses(text: str, expected: timedelta) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "10", "s", "soon", "1 h", " 1h", "1h ", "-1h", "+1h", "1.h", ".5h", "1H", "1w", "1hx", "1y2h", "9" * 400 + "d"],
+    [
+        "",
+        "10",
+        "s",
+        "soon",
+        "1 h",
+        " 1h",
+        "1h ",
+        "-1h",
+        "+1h",
+        "1.h",
+        ".5h",
+        "1H",
+        "1w",
+        "1hx",
+        "1y2h",
+        "9" * 400 + "d",
+    ],
 )
 def test_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):

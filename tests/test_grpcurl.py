@@ -10,7 +10,6 @@ import json
 import re
 
 import pytest
-
 from kinds import SECRETS, hashed
 from tools import grpcurl as _grpcurl
 
@@ -50,7 +49,9 @@ def grpcurl(server, pki):
 
 
 async def test_grpcurl_is_the_pinned_version() -> None:
-    proc = await asyncio.create_subprocess_exec(_grpcurl(), "-version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        _grpcurl(), "-version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert "1.8.6" in out.decode()
 
@@ -66,14 +67,25 @@ async def test_list_and_describe_a_service(grpcurl) -> None:
     assert code == 0, err
     assert set(out.split()) == {
         f"satchel.v1.SecretService.{rpc}"
-        for rpc in ("CreateSecret", "GetSecret", "ListSecrets", "UpdateSecret", "DeleteSecret", "RotateSecret", "WatchSecrets")
+        for rpc in (
+            "CreateSecret",
+            "GetSecret",
+            "ListSecrets",
+            "UpdateSecret",
+            "DeleteSecret",
+            "RotateSecret",
+            "WatchSecrets",
+        )
     }
 
     code, out, err = await grpcurl("describe", "satchel.v1.SecretService")
     assert code == 0, err
     assert "satchel.v1.SecretService is a service:" in out
     assert "rpc CreateSecret ( .satchel.v1.CreateSecretRequest ) returns ( .satchel.v1.CreateSecretResponse );" in out
-    assert "rpc WatchSecrets ( .satchel.v1.WatchSecretsRequest ) returns ( stream .satchel.v1.WatchSecretsResponse );" in out
+    assert (
+        "rpc WatchSecrets ( .satchel.v1.WatchSecretsRequest ) returns ( stream .satchel.v1.WatchSecretsResponse );"
+        in out
+    )
 
     code, out, err = await grpcurl("describe", "satchel.v1.Secret")
     assert code == 0, err
@@ -118,11 +130,13 @@ async def test_create_then_get_a_secret_with_json(grpcurl, admin) -> None:
 
 
 async def test_errors_reach_grpcurl(grpcurl) -> None:
-    code, out, err = await grpcurl("satchel.v1.SecretService/GetSecret", data={"namespace": "tools", "name": "absent"})
+    code, _out, err = await grpcurl("satchel.v1.SecretService/GetSecret", data={"namespace": "tools", "name": "absent"})
     assert code != 0
     assert "NotFound" in err and "secret tools/absent not found" in err
 
-    code, out, err = await grpcurl("satchel.v1.SecretService/CreateSecret", data={"secret": {"metadata": {"name": "Bad Name"}}})
+    code, _out, err = await grpcurl(
+        "satchel.v1.SecretService/CreateSecret", data={"secret": {"metadata": {"name": "Bad Name"}}}
+    )
     assert code != 0
     assert "InvalidArgument" in err and "secret.metadata.name" in err
 
@@ -136,16 +150,22 @@ async def test_grpcurl_decodes_error_details_through_reflection(grpcurl) -> None
     """grpcurl asks reflection for each detail's type (google.rpc.ErrorInfo,
     google.rpc.BadRequest); a type reflection cannot find it prints as raw bytes
     under "@error"."""
-    code, out, err = await grpcurl("satchel.v1.SecretService/GetSecret", data={"namespace": "tools", "name": "absent"})
+    code, _out, err = await grpcurl("satchel.v1.SecretService/GetSecret", data={"namespace": "tools", "name": "absent"})
     assert code != 0
     assert _details(err) == [
         {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "domain": "satchel.dev", "reason": "NOT_FOUND"}
     ]
 
-    code, out, err = await grpcurl("satchel.v1.SecretService/CreateSecret", data={"secret": {"metadata": {"name": "Bad Name"}}})
+    code, _out, err = await grpcurl(
+        "satchel.v1.SecretService/CreateSecret", data={"secret": {"metadata": {"name": "Bad Name"}}}
+    )
     assert code != 0
     info, bad = _details(err)
-    assert info == {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "domain": "satchel.dev", "reason": "INVALID_ARGUMENT"}
+    assert info == {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "domain": "satchel.dev",
+        "reason": "INVALID_ARGUMENT",
+    }
     assert bad["@type"] == "type.googleapis.com/google.rpc.BadRequest"
     assert [v["field"] for v in bad["field_violations"]] == ["secret.metadata.name"]
     assert "DNS-1123 subdomain" in bad["field_violations"][0]["description"]

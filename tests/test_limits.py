@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from satchel.v1 import meta_pb2, secret_pb2
-
 from failures import digest
+
+from satchel.v1 import meta_pb2, secret_pb2
 
 BIG = 900 * 1024  # under the 1 MiB secret limit; five of them exceed the 4 MiB message limit
 

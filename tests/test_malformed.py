@@ -7,10 +7,9 @@ import json
 
 import grpc
 import pytest
+from failures import failure
 
 from satchel.v1 import secret_pb2
-
-from failures import failure
 
 # A GetSecretRequest whose `name` holds invalid UTF-8, and bytes that are no message at all.
 MALFORMED = {"bad-utf8": b"\x12\x02\xff\xfe", "garbage": b"\xff\xff\xff"}

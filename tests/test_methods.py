@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from satchel import from_rpc_error
 from satchel.v1 import secret_pb2, secret_pb2_grpc
-from satcheld.api import MethodTable
 from satcheld._server import SERVICE_NAMES
+from satcheld.api import MethodTable
 
 
 class Details(NamedTuple):
@@ -76,7 +76,7 @@ def test_a_name_not_in_the_table_gets_the_unknown_handler_made_for_it() -> None:
     assert asked == ["/x.Y/Z"]
 
 
-async def _answer(channel: grpc.aio.Channel, service: str, method) -> str:  # noqa: ANN001
+async def _answer(channel: grpc.aio.Channel, service: str, method) -> str:
     """The code a call with an empty request (watches: send_initial) ends with,
     and the ErrorInfo reason if it failed."""
     request = message_factory.GetMessageClass(method.input_type)()
@@ -100,7 +100,9 @@ async def test_every_method_of_every_service_is_served(admin) -> None:
         for method in pool.FindServiceByName(service).methods:
             answers[f"{service}/{method.name}"] = await _answer(admin.channel, service, method)
 
-    unrouted = {m: a for m, a in answers.items() if a.startswith("UNIMPLEMENTED") and a != "UNIMPLEMENTED NOT_IMPLEMENTED"}
+    unrouted = {
+        m: a for m, a in answers.items() if a.startswith("UNIMPLEMENTED") and a != "UNIMPLEMENTED NOT_IMPLEMENTED"
+    }
     assert unrouted == {}, "methods the server does not route"
     failed = {m: a for m, a in answers.items() if a.startswith(("UNKNOWN", "INTERNAL"))}
     assert failed == {}, "no request may cause UNKNOWN or INTERNAL"

@@ -33,9 +33,7 @@ def _buf() -> str:
 
 
 def _run_buf(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [_buf(), *args], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([_buf(), *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_buf_lint_passes() -> None:
@@ -46,17 +44,12 @@ def test_buf_lint_passes() -> None:
 def test_buf_format_is_clean() -> None:
     result = _run_buf("format", "-d", "--exit-code")
     assert result.returncode == 0, (
-        f"buf format found unformatted protos (fix with `buf format -w`):\n"
-        f"{result.stdout}{result.stderr}"
+        f"buf format found unformatted protos (fix with `buf format -w`):\n{result.stdout}{result.stderr}"
     )
 
 
 def _files(directory: pathlib.Path) -> dict[str, bytes]:
-    return {
-        p.name: p.read_bytes()
-        for p in directory.iterdir()
-        if p.is_file() and p.name not in HAND_WRITTEN
-    }
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file() and p.name not in HAND_WRITTEN}
 
 
 def test_generated_code_matches_protos(tmp_path: pathlib.Path) -> None:
@@ -118,11 +111,7 @@ SERVICES = {
     "TokenService": ("token_pb2", ["ReviewToken", "GetPublicKeys"]),
 }
 
-RPCS = [
-    (service, module, rpc)
-    for service, (module, rpcs) in SERVICES.items()
-    for rpc in rpcs
-]
+RPCS = [(service, module, rpc) for service, (module, rpcs) in SERVICES.items() for rpc in rpcs]
 
 
 def _service(module: str, service: str):
@@ -202,7 +191,13 @@ FIELDS = {
     "token_pb2": {
         "ReviewTokenRequest": {"token", "audiences"},
         "ReviewTokenResponse": {
-            "authenticated", "username", "uid", "groups", "audiences", "expire_time", "reason",
+            "authenticated",
+            "username",
+            "uid",
+            "groups",
+            "audiences",
+            "expire_time",
+            "reason",
         },
         "GetPublicKeysRequest": set(),
         "GetPublicKeysResponse": {"jwks_json"},

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from conftest import Pki, Stubs
-from kinds import SERVICE_ACCOUNTS
-from kinds import Api
+from kinds import SERVICE_ACCOUNTS, Api
 from tools import grpcurl as _grpcurl
 from tools import satcheld as _satcheld
 
@@ -53,7 +51,7 @@ async def satcheld(tmp_path: Path, *args: str, dev: bool = True) -> AsyncIterato
     """Starts `satcheld serve ARGS`, waits for `listening on`, and (for --dev)
     reads the connect lines. On exit it must still be running; it is then
     sent SIGTERM and must exit 0."""
-    stderr = open(tmp_path / f"satcheld-{len(list(tmp_path.glob('satcheld-*')))}.stderr", "wb")  # noqa: SIM115
+    stderr = open(tmp_path / f"satcheld-{len(list(tmp_path.glob('satcheld-*')))}.stderr", "wb")
     proc = await asyncio.create_subprocess_exec(
         _satcheld(), "serve", *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=_clean_env()
     )
@@ -182,8 +180,8 @@ async def test_a_port_in_use_is_an_error(tmp_path) -> None:
 
 
 def _explicit(pki: Pki, tmp_path: Path, **change: str) -> list[str]:
-    from satcheld.store import KeyRing
     from satcheld.auth import Policy
+    from satcheld.store import KeyRing
 
     key_file, policy = tmp_path / "encryption.key", tmp_path / "policy.yaml"
     if not key_file.exists():
@@ -255,7 +253,7 @@ async def test_explicit_form_names_a_policy_that_is_not_yaml_in_one_line(pki, tm
 
 
 async def test_explicit_form_names_missing_flags_and_exits_2(pki, tmp_path) -> None:
-    code, err, out = await _fails(tmp_path, _explicit(pki, tmp_path, **{"tls-key": None, "policy": None}))
+    code, err, _out = await _fails(tmp_path, _explicit(pki, tmp_path, **{"tls-key": None, "policy": None}))
 
     assert code == 2
     assert len(err) == 1, err
@@ -288,7 +286,7 @@ async def test_dev_refuses_certificates_of_another_trust_domain(tmp_path) -> Non
     data = tmp_path / "d"
     async with satcheld(tmp_path, "--dev", "--data-dir", str(data), "--listen", "127.0.0.1:0"):
         pass
-    code, err, out = await _fails(tmp_path, ["--dev", "--data-dir", str(data), "--trust-domain", "other.example"])
+    code, err, _out = await _fails(tmp_path, ["--dev", "--data-dir", str(data), "--trust-domain", "other.example"])
 
     assert code == 2
     assert len(err) == 1 and "other.example" in err[0], err

@@ -16,16 +16,23 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography.exceptions import InvalidTag
-
 from conftest import Pki, Stubs, db_bytes, make_config, migrations_applied, secure_channel
+from cryptography.exceptions import InvalidTag
 from failures import failure
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, hashed
-from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
-from satcheld.store import KeyFileError, KeyRing
+
+from satchel.v1 import (
+    meta_pb2,
+    secret_pb2,
+    secret_pb2_grpc,
+    service_account_pb2_grpc,
+    token_pb2_grpc,
+    workload_pb2_grpc,
+)
 from satcheld._server import Server
 from satcheld.errors import AlreadyExists, Unavailable
-from satcheld.store import MIGRATIONS, SqliteStore as Store
+from satcheld.store import MIGRATIONS, KeyFileError, KeyRing
+from satcheld.store import SqliteStore as Store
 from satcheld.store._sqlite import _Batch
 
 Code = grpc.StatusCode
@@ -81,7 +88,9 @@ async def test_everything_survives_a_restart_on_the_same_files(pki, tmp_path) ->
     async with running(pki, data) as stubs:
         await SERVICE_ACCOUNTS.api(stubs).create(SERVICE_ACCOUNTS.make("keeper", namespace="prod", labels={"a": "b"}))
         await SECRETS.api(stubs).create(SECRETS.make("creds", namespace="prod", data={"v": value}))
-        await WORKLOADS.api(stubs).create(WORKLOADS.make("job", namespace="prod", service_account="keeper", secrets=["creds"]))
+        await WORKLOADS.api(stubs).create(
+            WORKLOADS.make("job", namespace="prod", service_account="keeper", secrets=["creds"])
+        )
         for i in range(5):
             await SECRETS.api(stubs).create(SECRETS.make(f"page-{i}", namespace="paged"))
         deleted = await SECRETS.api(stubs).create(SECRETS.make("gone", namespace="prod"))
@@ -196,7 +205,7 @@ def test_keyring_rotation_opens_old_blobs_and_seals_with_the_new_key(tmp_path) -
     KeyRing.create_file(path)
     old = KeyRing.load(path)
     blob = old.seal(b"s3cr3t-old", uid="u", version=1)
-    old_line = [line for line in path.read_text().splitlines() if line.startswith("k1:")][0]
+    old_line = next(line for line in path.read_text().splitlines() if line.startswith("k1:"))
     new_key = base64.b64encode(secrets.token_bytes(32)).decode()
     path.write_text(f"k2:{new_key}\n{old_line}\n")
 
@@ -220,7 +229,14 @@ def test_keyring_file_is_private_and_never_overwritten(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "# only a comment\n", "k1\n", "k1:not-base64!\n", "k1:" + base64.b64encode(b"short").decode() + "\n", ":" + base64.b64encode(bytes(32)).decode()],
+    [
+        "",
+        "# only a comment\n",
+        "k1\n",
+        "k1:not-base64!\n",
+        "k1:" + base64.b64encode(b"short").decode() + "\n",
+        ":" + base64.b64encode(bytes(32)).decode(),
+    ],
 )
 def test_keyring_rejects_malformed_files(tmp_path, text: str) -> None:
     (tmp_path / "k").write_text(text)
@@ -258,9 +274,7 @@ async def test_a_secret_no_key_opens_is_still_deletable_and_harms_no_other_view(
             )
         )
     with sqlite3.connect(data / "satchel.db") as conn:  # a blob that cannot open on this row
-        conn.execute(
-            "UPDATE objects SET sealed=(SELECT sealed FROM objects WHERE name='fine') WHERE name='locked'"
-        )
+        conn.execute("UPDATE objects SET sealed=(SELECT sealed FROM objects WHERE name='fine') WHERE name='locked'")
 
     async with running(pki, data) as stubs:
         await failure(SECRETS.api(stubs).get("locked"), Code.DATA_LOSS)
@@ -342,7 +356,11 @@ async def test_writes_in_one_batch_see_the_writes_before_them_and_never_a_failed
     assert batches == [
         [(Type.EVENT_TYPE_ADDED, "first"), (Type.EVENT_TYPE_MODIFIED, "first"), (Type.EVENT_TYPE_DELETED, "first")]
     ], "one batch, in order, without the failed write"
-    assert [created.metadata.resource_version, relabeled.metadata.resource_version, deleted.metadata.resource_version] == [1, 2, 3]
+    assert [
+        created.metadata.resource_version,
+        relabeled.metadata.resource_version,
+        deleted.metadata.resource_version,
+    ] == [1, 2, 3]
     assert await store.get("secrets", "default", "first") is None
     assert await store.get("secrets", "default", "ghost") is None
 

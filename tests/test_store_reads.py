@@ -8,10 +8,11 @@ import asyncio
 import threading
 
 from kinds import SECRETS
+from watchkit import Watcher
+
 from satchel.v1 import secret_pb2
 from satcheld.store import _sqlite
 from satcheld.store._codec import Codec
-from watchkit import Watcher
 
 WAIT = 10.0
 

@@ -14,10 +14,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
-from google.protobuf import duration_pb2
-
 from failures import failure
+from google.protobuf import duration_pb2
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
+
 from satchel.v1 import secret_pb2, service_account_pb2, workload_pb2
 
 Code = grpc.StatusCode
@@ -29,7 +29,9 @@ MiB = 1024 * 1024
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _tls_pair(name: str = "svc.example") -> tuple[bytes, bytes]:
@@ -183,10 +185,12 @@ async def test_bad_labels(admin, unchanged, kind: Kind, labels: dict[str, str]) 
 async def test_bad_annotations(admin, unchanged, kind: Kind) -> None:
     api = kind.api(admin)
     oversized = {"a": "x" * (128 * 1024), "b": "y" * (128 * 1024)}
-    for annotations in (oversized, {"bad key": "v"}, {"-x": "v"}):
-        f = await failure(api.create(kind.make("noted", annotations=annotations)), Code.INVALID_ARGUMENT)
+    for bad in (oversized, {"bad key": "v"}, {"-x": "v"}):
+        f = await failure(api.create(kind.make("noted", annotations=bad)), Code.INVALID_ARGUMENT)
         _rejected_fields({f"{kind.field}.metadata.annotations"}, f.fields)
-        f = await failure(api.update(kind.make("keep", annotations=annotations), ["metadata.annotations"]), Code.INVALID_ARGUMENT)
+        f = await failure(
+            api.update(kind.make("keep", annotations=bad), ["metadata.annotations"]), Code.INVALID_ARGUMENT
+        )
         _rejected_fields({f"{kind.field}.metadata.annotations"}, f.fields)
     await unchanged()
 
@@ -285,13 +289,29 @@ TYPE_RULES = {
     "tls-missing-cert": (T.SECRET_TYPE_TLS, {"tls.key": KEY}, {"secret.data"}),
     "tls-empty": (T.SECRET_TYPE_TLS, {}, {"secret.data"}),
     "tls-cert-not-pem": (T.SECRET_TYPE_TLS, {"tls.crt": b"hello", "tls.key": KEY}, {'secret.data["tls.crt"]'}),
-    "tls-cert-garbage-pem": (T.SECRET_TYPE_TLS, {"tls.crt": GARBAGE_PEM_CERT, "tls.key": KEY}, {'secret.data["tls.crt"]'}),
-    "tls-key-garbage-pem": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": GARBAGE_PEM_KEY}, {'secret.data["tls.key"]'}),
+    "tls-cert-garbage-pem": (
+        T.SECRET_TYPE_TLS,
+        {"tls.crt": GARBAGE_PEM_CERT, "tls.key": KEY},
+        {'secret.data["tls.crt"]'},
+    ),
+    "tls-key-garbage-pem": (
+        T.SECRET_TYPE_TLS,
+        {"tls.crt": CRT, "tls.key": GARBAGE_PEM_KEY},
+        {'secret.data["tls.key"]'},
+    ),
     "tls-key-is-a-cert": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": CRT}, {'secret.data["tls.key"]'}),
     "tls-key-encrypted": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": ENCRYPTED_KEY}, {'secret.data["tls.key"]'}),
     "tls-mismatched-pair": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": OTHER_KEY}, {"secret.data"}),
-    "tls-key-unsupported-curve": (T.SECRET_TYPE_TLS, {"tls.crt": CRT, "tls.key": WEAK_CURVE_KEY}, {'secret.data["tls.key"]'}),
-    "tls-cert-unsupported-curve": (T.SECRET_TYPE_TLS, {"tls.crt": WEAK_CURVE_CRT, "tls.key": KEY}, {'secret.data["tls.crt"]'}),
+    "tls-key-unsupported-curve": (
+        T.SECRET_TYPE_TLS,
+        {"tls.crt": CRT, "tls.key": WEAK_CURVE_KEY},
+        {'secret.data["tls.key"]'},
+    ),
+    "tls-cert-unsupported-curve": (
+        T.SECRET_TYPE_TLS,
+        {"tls.crt": WEAK_CURVE_CRT, "tls.key": KEY},
+        {'secret.data["tls.crt"]'},
+    ),
     "tls-pair-unsupported-curve": (
         T.SECRET_TYPE_TLS,
         {"tls.crt": WEAK_CURVE_CRT, "tls.key": WEAK_CURVE_KEY},
@@ -440,7 +460,21 @@ async def test_bad_account_and_workload_fields(admin, unchanged, kind: Kind, fie
 # -- odd requests: never INTERNAL or UNKNOWN ----------------------------------------------------------------
 
 
-BAD_SELECTORS = ["=v", "a=b=c", ",", "!", "a!=b!=c", "\u00e9", "a in (b,c)", "a,,b", "!=x", "a=\u00e9", "k" * 64, "example.com/", "a!b"]
+BAD_SELECTORS = [
+    "=v",
+    "a=b=c",
+    ",",
+    "!",
+    "a!=b!=c",
+    "\u00e9",
+    "a in (b,c)",
+    "a,,b",
+    "!=x",
+    "a=\u00e9",
+    "k" * 64,
+    "example.com/",
+    "a!b",
+]
 
 
 @pytest.mark.parametrize("kind", ALL, ids=lambda k: k.name)
@@ -469,22 +503,50 @@ async def test_odd_requests_are_never_internal(admin, unchanged) -> None:
         ("empty update", s.UpdateSecret(secret_pb2.UpdateSecretRequest()), Code.INVALID_ARGUMENT),
         ("empty delete", s.DeleteSecret(secret_pb2.DeleteSecretRequest()), Code.INVALID_ARGUMENT),
         ("huge name", s.GetSecret(secret_pb2.GetSecretRequest(name="a" * 1_000_000)), Code.INVALID_ARGUMENT),
-        ("missing with etag", s.DeleteSecret(secret_pb2.DeleteSecretRequest(name="nope", etag="\u00e9" * 100)), Code.NOT_FOUND),
-        ("bad update path", SECRETS.api(admin).update(SECRETS.make("keep"), ["metadata..labels"]), Code.INVALID_ARGUMENT),
-        ("output-only path", SECRETS.api(admin).update(SECRETS.make("keep"), ["rotation.next_rotate_time"]), Code.INVALID_ARGUMENT),
+        (
+            "missing with etag",
+            s.DeleteSecret(secret_pb2.DeleteSecretRequest(name="nope", etag="\u00e9" * 100)),
+            Code.NOT_FOUND,
+        ),
+        (
+            "bad update path",
+            SECRETS.api(admin).update(SECRETS.make("keep"), ["metadata..labels"]),
+            Code.INVALID_ARGUMENT,
+        ),
+        (
+            "output-only path",
+            SECRETS.api(admin).update(SECRETS.make("keep"), ["rotation.next_rotate_time"]),
+            Code.INVALID_ARGUMENT,
+        ),
         ("data sub-path", SECRETS.api(admin).update(SECRETS.make("keep"), ["data.tls.crt"]), Code.INVALID_ARGUMENT),
         ("version path", SECRETS.api(admin).update(SECRETS.make("keep"), ["version"]), Code.INVALID_ARGUMENT),
-        ("trailing dot path", SERVICE_ACCOUNTS.api(admin).update(SERVICE_ACCOUNTS.make("keep"), ["description."]), Code.INVALID_ARGUMENT),
-        ("huge page token", s.ListSecrets(secret_pb2.ListSecretsRequest(page_token="A" * 1_000_000)), Code.INVALID_ARGUMENT),
-        ("unicode page token", s.ListSecrets(secret_pb2.ListSecretsRequest(page_token="\u00e9\u00e9")), Code.INVALID_ARGUMENT),
+        (
+            "trailing dot path",
+            SERVICE_ACCOUNTS.api(admin).update(SERVICE_ACCOUNTS.make("keep"), ["description."]),
+            Code.INVALID_ARGUMENT,
+        ),
+        (
+            "huge page token",
+            s.ListSecrets(secret_pb2.ListSecretsRequest(page_token="A" * 1_000_000)),
+            Code.INVALID_ARGUMENT,
+        ),
+        (
+            "unicode page token",
+            s.ListSecrets(secret_pb2.ListSecretsRequest(page_token="\u00e9\u00e9")),
+            Code.INVALID_ARGUMENT,
+        ),
         (
             "secret type with no data",
-            s.CreateSecret(secret_pb2.CreateSecretRequest(secret=secret_pb2.Secret(metadata={"name": "x"}, type=T.SECRET_TYPE_TLS))),
+            s.CreateSecret(
+                secret_pb2.CreateSecretRequest(secret=secret_pb2.Secret(metadata={"name": "x"}, type=T.SECRET_TYPE_TLS))
+            ),
             Code.INVALID_ARGUMENT,
         ),
         (
             "weird request id",
-            s.GetSecret(secret_pb2.GetSecretRequest(name="nope"), metadata=(("x-request-id", "../../etc; rm -rf / " * 50),)),
+            s.GetSecret(
+                secret_pb2.GetSecretRequest(name="nope"), metadata=(("x-request-id", "../../etc; rm -rf / " * 50),)
+            ),
             Code.NOT_FOUND,
         ),
     ]

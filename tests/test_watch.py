@@ -10,9 +10,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
-
 from kinds import ALL, SECRETS, Kind
-from satchel.v1 import meta_pb2
 from watchkit import (
     ADDED,
     BOOKMARK,
@@ -27,6 +25,8 @@ from watchkit import (
     running,
     state_of,
 )
+
+from satchel.v1 import meta_pb2
 
 Code = grpc.StatusCode
 each_kind = pytest.mark.parametrize("kind", ALL, ids=lambda k: k.name)
@@ -220,7 +220,10 @@ async def test_malformed_watch_requests_are_invalid_argument_naming_the_field(ad
     [
         ({"namespace": "Not_A_Namespace", "since_revision": -1}, ["namespace", "since_revision"]),
         ({"label_selector": "=web", "since_revision": -1}, ["label_selector", "since_revision"]),
-        ({"namespace": "Bad", "label_selector": "=web", "since_revision": 10**9}, ["namespace", "label_selector", "since_revision"]),
+        (
+            {"namespace": "Bad", "label_selector": "=web", "since_revision": 10**9},
+            ["namespace", "label_selector", "since_revision"],
+        ),
     ],
     ids=["namespace-and-negative-since", "selector-and-negative-since", "all-three-with-future-since"],
 )
@@ -391,9 +394,7 @@ async def test_a_slow_consumer_is_cut_off_while_a_fast_one_receives_everything(p
         # so the server's buffer for it fills.
         slow_stubs = channels.stubs(server.address, pki.admin, options=[("grpc.http2.bdp_probe", 0)])
         fast = Watcher.open(channels.stubs(server.address, pki.admin), SECRETS, "fast", send_initial=True)
-        slow_call = slow_stubs.secrets.WatchSecrets(
-            SECRETS.module.WatchSecretsRequest(send_initial=True)
-        )
+        slow_call = slow_stubs.secrets.WatchSecrets(SECRETS.module.WatchSecretsRequest(send_initial=True))
         first = await slow_call.read()  # the stream is established: SYNCED at 0
         assert first.type == meta_pb2.EVENT_TYPE_SYNCED
         await fast.take(1)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
+from conftest import secure_channel
 
 from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
-
-from conftest import secure_channel
 
 STREAMS = 2000
 CHANNELS = 20

@@ -19,11 +19,8 @@ import threading
 from datetime import timedelta
 
 import pytest
-
 from conftest import make_config
 from kinds import SECRETS
-from satchel import AsyncClient, AsyncListIterator, Client, EventType, ListIterator, PermissionDeniedError
-from satcheld._server import Server
 from watchkit import (
     ADDED,
     BOOKMARK,
@@ -39,6 +36,9 @@ from watchkit import (
     running,
     state_of,
 )
+
+from satchel import AsyncClient, AsyncListIterator, Client, EventType, ListIterator, PermissionDeniedError
+from satcheld._server import Server
 
 
 def client_for(pki, address: str, identity=None) -> AsyncClient:

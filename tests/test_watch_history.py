@@ -19,7 +19,6 @@ from datetime import timedelta
 
 import grpc
 import pytest
-
 from kinds import SECRETS
 from watchkit import (
     ADDED,
@@ -262,6 +261,7 @@ async def test_every_watcher_sees_the_committed_history_filtered_to_its_view(pki
     rng = random.Random(seed)
     channels = Channels(pki)
     async with running(pki, tmp_path / "data", bookmark_interval=timedelta(milliseconds=200)) as server:
+
         def stubs():
             return channels.stubs(server.address, pki.admin)
 

@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def binary(name: str, install_hint: str) -> str:
-    for candidate in (Path(sys.executable).parent / name, ROOT / ".venv" / "bin" / name, ROOT / "node_modules" / ".bin" / name):
+    for candidate in (
+        Path(sys.executable).parent / name,
+        ROOT / ".venv" / "bin" / name,
+        ROOT / "node_modules" / ".bin" / name,
+    ):
         if candidate.is_file():
             return str(candidate)
     found = shutil.which(name)

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
-
 from conftest import Identity, Pki, Stubs, make_config, secure_channel
 from failures import Failure, digest, parse
+from google.protobuf.message import Message
 from kinds import Kind
+
 from satchel.v1 import meta_pb2, secret_pb2
 from satcheld._server import Server
 
@@ -137,8 +137,10 @@ class Event:
         if not self.key:
             return f"{self.type}@{self.revision}"
         s = self.state
-        return f"{self.type}@{self.revision} {self.key} rv={s.resource_version} labels={dict(s.labels)}" if s else (
-            f"{self.type}@{self.revision} {self.key}"
+        return (
+            f"{self.type}@{self.revision} {self.key} rv={s.resource_version} labels={dict(s.labels)}"
+            if s
+            else (f"{self.type}@{self.revision} {self.key}")
         )
 
     def bare(self) -> Event:
@@ -218,9 +220,7 @@ class Watcher:
             async with self._changed:
                 await asyncio.wait_for(self._changed.wait_for(lambda: predicate() or self.done), timeout)
         except TimeoutError:
-            raise AssertionError(
-                f"{self.name}: no {what} within {timeout} s; received {self.events[-20:]}"
-            ) from None
+            raise AssertionError(f"{self.name}: no {what} within {timeout} s; received {self.events[-20:]}") from None
         if not predicate():
             raise AssertionError(
                 f"{self.name}: the stream ended ({self._ending()}) before {what}; received {self.events[-20:]}"
@@ -255,8 +255,13 @@ class Watcher:
         SYNCED at or after it, or an event after it. Unlike `reach`, this does not
         stop inside a listing whose ADDED events all carry the same revision."""
         await self.wait_for(
-            lambda: bool(self.events)
-            and (self.events[-1].revision > revision or (not self.events[-1].key and self.events[-1].revision >= revision)),
+            lambda: (
+                bool(self.events)
+                and (
+                    self.events[-1].revision > revision
+                    or (not self.events[-1].key and self.events[-1].revision >= revision)
+                )
+            ),
             f"BOOKMARK or SYNCED at or after revision {revision}",
             timeout,
         )

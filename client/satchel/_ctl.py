@@ -22,16 +22,16 @@ from typing import Any, NoReturn
 # GRPC_VERBOSITY=debug (or info) brings them back. Set before grpc loads.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from google.protobuf import json_format  # noqa: E402
-from google.protobuf.message import Message  # noqa: E402
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from satchel import kinds  # noqa: E402
-from satchel._client import Client  # noqa: E402
-from satchel._config import _SOURCES, ClientConfig  # noqa: E402
-from satchel._errors import ConflictError, SatchelError  # noqa: E402
-from satchel.durations import parse_duration  # noqa: E402
-from satchel.kinds import Kind  # noqa: E402
-from satchel.v1 import meta_pb2, secret_pb2  # noqa: E402
+from satchel import kinds
+from satchel._client import Client
+from satchel._config import _SOURCES, ClientConfig
+from satchel._errors import ConflictError, SatchelError
+from satchel.durations import parse_duration
+from satchel.kinds import Kind
+from satchel.v1 import meta_pb2, secret_pb2
 
 PROG = "satchelctl"
 # Usage errors (bad flags, missing settings, unreadable files) exit 2; failed calls exit 1.
@@ -547,9 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in _KIND_COMMANDS:
         _add_kind(sub, kind, p)
 
-    watch = sub.add_parser(
-        "watch", parents=[p["connection"], p["all_namespaces"]], help="print changes as they happen"
-    )
+    watch = sub.add_parser("watch", parents=[p["connection"], p["all_namespaces"]], help="print changes as they happen")
     watch.add_argument("kind", choices=sorted(_WATCHED))
     watch.add_argument("--since", type=int, default=0, metavar="REV", help="replay the events after revision REV")
     watch.add_argument("--initial", action="store_true", help="first every matching object as ADDED, then SYNCED")

@@ -25,7 +25,9 @@ def _scalar(name: str, number: int, type_: int) -> _F:
 
 
 def _repeated(name: str, number: int, message: str) -> _F:
-    return _F(name=name, number=number, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED, type_name=f".google.rpc.{message}")
+    return _F(
+        name=name, number=number, type=_F.TYPE_MESSAGE, label=_F.LABEL_REPEATED, type_name=f".google.rpc.{message}"
+    )
 
 
 def _message(
@@ -42,13 +44,17 @@ _FILE = descriptor_pb2.FileDescriptorProto(
     syntax="proto3",
     message_type=[
         _message("Detail", _scalar("type_url", 1, _STRING), _scalar("value", 2, _BYTES)),  # Any's two fields
-        _message("Status", _scalar("code", 1, _INT32), _scalar("message", 2, _STRING), _repeated("details", 3, "Detail")),
+        _message(
+            "Status", _scalar("code", 1, _INT32), _scalar("message", 2, _STRING), _repeated("details", 3, "Detail")
+        ),
         _message(
             "ErrorInfo",
             _scalar("reason", 1, _STRING),
             _scalar("domain", 2, _STRING),
             _repeated("metadata", 3, "ErrorInfo.MetadataEntry"),
-            nested=(_message("MetadataEntry", _scalar("key", 1, _STRING), _scalar("value", 2, _STRING), map_entry=True),),
+            nested=(
+                _message("MetadataEntry", _scalar("key", 1, _STRING), _scalar("value", 2, _STRING), map_entry=True),
+            ),
         ),
         _message(
             "BadRequest",

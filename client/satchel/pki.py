@@ -155,7 +155,14 @@ def init(
     _ensure_leaf(
         path / "server",
         lambda public_key: sign(
-            ca_cert, ca_key, public_key, spiffe_id=f"{td}/server", ttl=LEAF_TTL, dns=dns, ips=ips, server=True,
+            ca_cert,
+            ca_key,
+            public_key,
+            spiffe_id=f"{td}/server",
+            ttl=LEAF_TTL,
+            dns=dns,
+            ips=ips,
+            server=True,
             client=False,
         ),
     )
