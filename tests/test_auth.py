@@ -110,7 +110,7 @@ def _every_crud_rpc(stubs, name: str) -> list[tuple[str, Awaitable[object]]]:
     return calls
 
 
-@pytest.mark.parametrize("who", ["alice", "node", "node-named-admin"])
+@pytest.mark.parametrize("who", ["alice", "node", "node-named-admin", "service-account"])
 @pytest.mark.parametrize("target", ["existing", "missing"])
 async def test_non_admins_are_denied_every_crud_rpc(connect, pki, admin, who: str, target: str) -> None:
     # Objects bound to another node (n2), so that no node rule ever lets n1 see them.
@@ -122,7 +122,14 @@ async def test_non_admins_are_denied_every_crud_rpc(connect, pki, admin, who: st
         WORKLOADS.make("existing", node_name="n2", service_account="existing", secrets=["existing"])
     )
     before = [await kind.api(admin).list() for kind in ALL]
-    identity = pki.identity("node", "admin") if who == "node-named-admin" else getattr(pki, who)
+    if who == "node-named-admin":
+        identity = pki.identity("node", "admin")
+    elif who == "service-account":
+        sa_id = x509.UniformResourceIdentifier("spiffe://satchel.local/ns/default/sa/web")
+        identity = mint(pki.dir, "sa-web", "web", [sa_id])
+    else:
+        identity = getattr(pki, who)
+    principal = {"alice": "user:alice", "node": "node:n1", "node-named-admin": "node:admin"}.get(who, "sa:default/web")
     stubs = connect(identity)
 
     for what, call in _every_crud_rpc(stubs, target):
@@ -131,6 +138,7 @@ async def test_non_admins_are_denied_every_crud_rpc(connect, pki, admin, who: st
         except AssertionError as e:
             raise AssertionError(f"{what}: {e}") from None
         assert f.info.reason == "PERMISSION_DENIED"
+        assert f.message.startswith(f"{principal} may not"), f"{what}: {f.message}"
         assert "not found" not in f.message and "exists" not in f.message
 
     assert [await kind.api(admin).list() for kind in ALL] == before, "a denied request changed what is stored"

@@ -252,6 +252,21 @@ async def test_explicit_form_names_a_policy_that_is_not_yaml_in_one_line(pki, tm
     assert "listening on" not in out
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("- admin\n", "expected a mapping"), ("admins: admin\n", "'admins' must be a list")],
+    ids=["not-a-mapping", "admins-not-a-list"],
+)
+async def test_explicit_form_names_a_policy_of_the_wrong_shape_in_one_line(pki, tmp_path, text, says) -> None:
+    policy = tmp_path / "odd-policy.yaml"
+    policy.write_text(text)
+    code, err, out = await _fails(tmp_path, _explicit(pki, tmp_path, policy=str(policy)))
+
+    assert code == 2
+    assert len(err) == 1 and str(policy) in err[0] and says in err[0], err
+    assert "listening on" not in out
+
+
 async def test_explicit_form_names_missing_flags_and_exits_2(pki, tmp_path) -> None:
     code, err, _out = await _fails(tmp_path, _explicit(pki, tmp_path, **{"tls-key": None, "policy": None}))
 

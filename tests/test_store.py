@@ -382,10 +382,15 @@ async def test_a_bug_while_committing_fails_that_batch_and_the_writer_goes_on(st
     assert await store.get("secrets", "default", "after") is not None
 
 
-async def test_writes_after_close_are_refused(store) -> None:
+async def test_writes_and_reads_after_close_are_refused(store) -> None:
+    await store.write(lambda txn: txn.put(SECRETS.make("kept", namespace="default")))
     await store.close()
     with pytest.raises(Unavailable):
         await store.write(lambda txn: txn.put(SECRETS.make("late")))
+    with pytest.raises(Unavailable):
+        await store.get("secrets", "default", "kept")
+    with pytest.raises(Unavailable):
+        await store.list("secrets", limit=10, max_bytes=1 << 20)
 
 
 async def test_compaction_keeps_the_configured_age_and_count(store) -> None:
