@@ -65,7 +65,8 @@ def echo_server_options() -> list[tuple[str, int]]:
     thousands of calls must not be cancelled by grpc's default pending-request
     limits, and the same keepalive."""
     # Imported here: only the echo server's process needs satcheld.
-    from satcheld._server import ServerConfig, server_options
+    from satcheld._config import ServerConfig
+    from satcheld._server import server_options
 
     # server_options reads only the config's extra_options; the paths a
     # ServerConfig requires are placeholders, never opened.

@@ -18,7 +18,8 @@ from cryptography.x509.oid import NameOID
 
 import satchel.pki
 from satchel.v1 import secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
-from satcheld._server import Server, ServerConfig
+from satcheld._config import ServerConfig
+from satcheld._server import Server
 from satcheld.auth import Policy
 from satcheld.store import KeyRing
 
