@@ -13,6 +13,7 @@ each, and their ratios to the first. Not a test.
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import os
 import pathlib
@@ -64,10 +65,8 @@ async def _run(
     try:
         for number in range(1, args.rounds + 1):
             for way, server in servers.items():
-                call = calls[way]
-                results[way].append(
-                    await _harness.measure(way, lambda call=call: call(payload), server_pid=server.process.pid, **timing)
-                )
+                run = functools.partial(calls[way], payload)
+                results[way].append(await _harness.measure(way, run, server_pid=server.process.pid, **timing))
             print(
                 f"round {number}: "
                 + "   ".join(

@@ -14,8 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from satchel import from_rpc_error
 from satchel.v1 import secret_pb2, secret_pb2_grpc
-from satcheld.api import SERVICE_NAMES
-from satcheld.api import MethodTable
+from satcheld.api import SERVICE_NAMES, MethodTable
 
 
 class Details(NamedTuple):
