@@ -13,8 +13,8 @@ each, and their ratios to the first. Not a test.
 from __future__ import annotations
 
 import argparse
-import functools
 import asyncio
+import functools
 import os
 import pathlib
 import shutil
