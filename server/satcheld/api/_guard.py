@@ -4,7 +4,7 @@
    trailers so that a call can be matched to its audit record;
 2. authentication: the principal from the client certificate's SPIFFE ID;
 3. the handler, which asks the authorizer and notes its decision;
-4. one audit record, written before the outcome leaves: before a unary
+4. one audit record (`_audit.py`), written before the outcome leaves: before a unary
    response is handed back to grpc, before an error status is sent, before a
    stream's final status; so whoever learns the outcome finds the record;
 5. the one error map: domain errors become statuses, anything else a bare INTERNAL.
@@ -21,45 +21,30 @@ import asyncio
 import contextvars
 import inspect
 import itertools
-import json
-import json.encoder
 import logging
-import os
 import re
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, cast
 
 import grpc
 from grpc import aio
 
 from ..auth import Principal, principal_from_uris
 from ..errors import InvalidArgument, SatchelError, Unauthenticated
-from ._status import internal_status, status_of
+from ._audit import AuditLog, Request
+from ._status import REQUEST_ID_KEY, internal_status, status_of
 
 log = logging.getLogger("satcheld")
 
-_REQUEST_ID_KEY = "x-request-id"
+Context = aio.ServicerContext[Any, Any]
+
+
 _REQUEST_ID = re.compile(r"[-_.:A-Za-z0-9]{1,128}")
-_quote = json.encoder.encode_basestring_ascii  # a JSON string literal, in C
 
 
 _BOOT = uuid.uuid4().hex[:12]  # request ids are unique across restarts: boot prefix + counter
 _COUNTER = itertools.count(1)
-
-
-@dataclass(slots=True)
-class Request:
-    """What the audit record of one request says; handlers fill in the middle."""
-
-    request_id: str
-    method: str
-    principal: Principal | None = None
-    resource: str = ""
-    decision: str = ""
-    reason: str = ""
 
 
 _current: contextvars.ContextVar[Request] = contextvars.ContextVar("satchel_request")
@@ -75,44 +60,6 @@ def principal() -> Principal:
     return p
 
 
-class AuditLog:
-    """JSON lines, one per request, each appended with one write before the
-    response leaves, so a crash loses no record of an answered request. Never
-    given request bodies, so never secret values."""
-
-    def __init__(self, path: os.PathLike[str] | str | None) -> None:
-        self._fd = None if path is None else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._second = -1
-        self._stamp = ""
-
-    def _time(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int(now * 1000) % 1000:03d}Z"
-
-    def write(self, request: Request, code: grpc.StatusCode) -> None:
-        # One JSON object per line, built field by field: on every request, a dict
-        # through json.dumps costs more than the rest of a small read.
-        q = _quote
-        line = (
-            f'{{"time":"{self._time()}","request_id":{q(request.request_id)},'
-            f'"principal":{q(str(request.principal) if request.principal else "")},'
-            f'"method":{q(request.method)},"resource":{q(request.resource)},'
-            f'"decision":{q(request.decision)},"reason":{q(request.reason)},"code":"{code.name}"}}'
-        )
-        if self._fd is not None:
-            os.write(self._fd, (line + "\n").encode())
-        else:
-            logging.getLogger("satcheld.audit").info("%s", line)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 class Guard:
     """Wraps a method handler with request id, authentication, error map and audit."""
 
@@ -121,11 +68,11 @@ class Guard:
         self._trust_domain = trust_domain
 
     def _begin(self, method: str, context: aio.ServicerContext, metadata: Any) -> Request:
-        given = _metadata_value(metadata, _REQUEST_ID_KEY)
+        given = _metadata_value(metadata, REQUEST_ID_KEY)
         rid = given if given and _REQUEST_ID.fullmatch(given) else f"{_BOOT}-{next(_COUNTER)}"
         req = Request(rid, method)
         _current.set(req)
-        context.set_trailing_metadata(((_REQUEST_ID_KEY, rid),))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         return req
 
     def _authenticate(self, req: Request, context: aio.ServicerContext, metadata: Any) -> None:
@@ -135,8 +82,9 @@ class Guard:
         if _metadata_value(metadata, "authorization"):
             # Until bearer tokens are verified, a token must not silently run as the
             # certificate's (possibly stronger) principal.
-            raise Unauthenticated("bearer tokens are not accepted yet; call with a client certificate only",
-                                  reason="TOKEN_NOT_SUPPORTED")
+            raise Unauthenticated(
+                "bearer tokens are not accepted yet; call with a client certificate only", reason="TOKEN_NOT_SUPPORTED"
+            )
         # Only URI SANs name a SPIFFE ID; a CN or DNS name that looks like one does not.
         req.principal = principal_from_uris(tuple(auth.get("peer_uri", ())), self._trust_domain)
 
@@ -149,8 +97,8 @@ class Guard:
         parse = _parser(handler.request_deserializer)
         ok = grpc.StatusCode.OK
 
-        def single_response(answer: Callable[[Any, aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Any]:
-            async def guarded(request: Any, context: aio.ServicerContext) -> Any:
+        def single_response(answer: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any, Context], Any]:
+            async def guarded(request: Any, context: Context) -> Any:
                 metadata = context.invocation_metadata()
                 req = begin(method, context, metadata)
                 try:
@@ -165,21 +113,23 @@ class Guard:
 
         # Handlers may answer with bytes serialized earlier (Get responses are cached).
         serialize = _serializer(handler.response_serializer)
+        # grpc.aio runs coroutine functions where grpc's type stubs name the
+        # synchronous behaviour types: `Any` bridges the two.
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
-            return handler._replace(
-                unary_unary=single_response(lambda raw, context: inner(parse(raw), context)),
-                request_deserializer=None,
-                response_serializer=serialize,
-            )
+            inner: Any = handler.unary_unary
+            answer = single_response(lambda raw, context: inner(parse(raw), context))
+            return grpc.unary_unary_rpc_method_handler(answer, response_serializer=serialize)
         if handler.stream_unary is not None:
             # grpc parses the requests it hands over; the one such handler, the
             # answer to an unknown method, reads none.
-            return handler._replace(stream_unary=single_response(handler.stream_unary), response_serializer=serialize)
+            answer = single_response(cast(Any, handler.stream_unary))
+            return grpc.stream_unary_rpc_method_handler(
+                answer, request_deserializer=handler.request_deserializer, response_serializer=serialize
+            )
         if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+            inner_stream: Any = handler.unary_stream
 
-            async def unary_stream(raw: bytes, context: aio.ServicerContext) -> Any:
+            async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[bytes]:
                 metadata = context.invocation_metadata()
                 req = begin(method, context, metadata)
                 try:
@@ -195,18 +145,24 @@ class Guard:
 
             # Streaming handlers (the Watch RPCs) yield events the watch hub has already
             # serialized, once per view, so grpc sends their bytes as they are.
-            return handler._replace(unary_stream=unary_stream, request_deserializer=None, response_serializer=None)
+            return grpc.unary_stream_rpc_method_handler(cast(Any, unary_stream))
         raise TypeError(f"{method}: bidirectional streaming methods are not guarded")
 
 
-def _serializer(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+def _serializer(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    if serialize is None:
+        return None
+
     def serialize_unless_bytes(response: Any) -> bytes:
         return response if response.__class__ is bytes else serialize(response)
 
     return serialize_unless_bytes
 
 
-def _parser(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    if deserialize is None:
+        return lambda raw: raw
+
     def parse(raw: bytes) -> Any:
         try:
             return deserialize(raw)
@@ -231,20 +187,17 @@ async def _fail(error: BaseException, context: aio.ServicerContext, req: Request
         if not req.reason and error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             req.reason = error.message
         audit.write(req, error.code)
-        await context.abort_with_status(_with_request_id(status_of(error), req))
+        await context.abort_with_status(status_of(error, req.request_id))
     elif isinstance(error, (asyncio.CancelledError, GeneratorExit, aio.AbortError)):
         req.reason = req.reason or "cancelled"
         try:
-            audit.write(req, grpc.StatusCode.INTERNAL if isinstance(error, aio.AbortError) else grpc.StatusCode.CANCELLED)
+            audit.write(
+                req, grpc.StatusCode.INTERNAL if isinstance(error, aio.AbortError) else grpc.StatusCode.CANCELLED
+            )
         finally:
             raise error
     else:
         log.error("internal error in %s (request %s)", req.method, req.request_id, exc_info=error)
         audit.write(req, grpc.StatusCode.INTERNAL)
-        await context.abort_with_status(_with_request_id(internal_status(), req))
+        await context.abort_with_status(internal_status(req.request_id))
     raise AssertionError("abort_with_status returned")  # it raises AbortError once the status is sent
-
-
-def _with_request_id(status: grpc.Status, req: Request) -> grpc.Status:
-    """abort_with_status replaces the trailers: carry the request id along."""
-    return status._replace(trailing_metadata=(*status.trailing_metadata, (_REQUEST_ID_KEY, req.request_id)))
