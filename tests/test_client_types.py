@@ -7,6 +7,7 @@ whose every line marked `# E: <code>` must be reported with that code, and nothi
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import subprocess
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any, Unpack
 
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 
-from satchel import _methods, _requests
+from satchel import _methods, _requests, _rpc_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,3 +172,36 @@ def test_the_runtime_signature_spells_out_the_options_of_the_typed_dict() -> Non
         assert "options" not in get and "options" not in watch
     assert list(_requests.CallOptionsArgs.__annotations__) == ["timeout", "metadata"]
     assert list(_requests.WatchOptionsArgs.__annotations__) == ["metadata"]
+
+
+# ---------------------------------------------------------------------------------------------
+# satchel._rpc_status declares its messages' fields for type checkers; they are the descriptors'.
+
+
+def test_the_declared_rpc_status_messages_have_the_descriptors_fields() -> None:
+    tree = ast.parse(Path(_rpc_status.__file__).read_text())
+    (declared,) = [
+        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING" and n.orelse
+    ]
+    scalar = {
+        FieldDescriptor.TYPE_STRING: "str",
+        FieldDescriptor.TYPE_BYTES: "bytes",
+        FieldDescriptor.TYPE_INT32: "int",
+    }
+
+    def fields(cls: ast.ClassDef) -> dict[str, str]:
+        """A declared class's fields: scalars by their annotation, repeated and map fields (read-only
+        properties) as "repeated"."""
+        return {
+            **{n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)},
+            **{n.name: "repeated" for n in cls.body if isinstance(n, ast.FunctionDef)},
+        }
+
+    classes = {n.name: n for n in declared.body if isinstance(n, ast.ClassDef)}
+    nested = {f"{c.name}.{n.name}": n for c in classes.values() for n in c.body if isinstance(n, ast.ClassDef)}
+    for name, cls in {**classes, **nested}.items():
+        descriptor = _rpc_status._pool.FindMessageTypeByName(f"google.rpc.{name}")
+        expected = {f.name: "repeated" if f.is_repeated else scalar[f.type] for f in descriptor.fields}
+        assert fields(cls) == expected, name
+    for name in ("Status", "ErrorInfo", "BadRequest"):
+        assert getattr(_rpc_status, name).DESCRIPTOR.full_name == f"google.rpc.{name}"

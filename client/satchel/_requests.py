@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from operator import attrgetter
-from typing import Any, Generic, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, TypedDict, TypeVar, Unpack, overload
 
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.protobuf.message import Message
@@ -634,7 +634,12 @@ def _secret_type(value: int | str) -> SecretType:
     raise ValueError(f"unknown secret type {value!r}; use one of {names}")
 
 
+@overload
+def _duration(value: Duration, what: str) -> duration_pb2.Duration: ...
+@overload
+def _duration(value: Duration | None, what: str) -> duration_pb2.Duration | None: ...
 def _duration(value: Duration | None, what: str) -> duration_pb2.Duration | None:
+    """`value` (a timedelta or seconds) as a Duration; None stays None (the field is left unset)."""
     if value is None:
         return None
     if isinstance(value, int | float):
