@@ -114,7 +114,8 @@ class _KindCommand:
 
     def client_method(self, client: Client, verb: str) -> Callable[..., Any]:
         """The client's method for `verb` on this kind: client.get_secret, client.list_secrets, ..."""
-        return getattr(client, self.api.client_method(verb))  # type: ignore[no-any-return]
+        method: Callable[..., Any] = getattr(client, self.api.client_method(verb))
+        return method
 
 
 def _sa_row(sa: Any) -> list[str]:

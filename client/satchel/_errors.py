@@ -236,7 +236,7 @@ def from_rpc_error(error: Any) -> SatchelError:
     )
 
 
-def _parse_status(data: bytes) -> Any:
+def _parse_status(data: bytes) -> Status | None:
     try:
         return Status.FromString(data)
     except DecodeError:

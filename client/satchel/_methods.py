@@ -1,20 +1,25 @@
 """The machinery that makes both clients' methods from the request builders: each method gets
-its builder's name, signature and documentation plus the per-call options (`timeout=`,
-`metadata=`), builds the call, and runs it on the client's transport.
+its builder's name, signature and documentation, builds the call, and runs it on the client's
+transport with the options the call was given.
+
+The per-call options (`timeout=`, `metadata=`; watches: `metadata=`) are declared once, by the
+builders' `**options: Unpack[CallOptionsArgs]` (`WatchOptionsArgs`), so a type checker sees them
+through the methods' ParamSpec. At runtime `**options` would take any keyword, so each method's
+signature spells them out as keyword-only parameters defaulting to None, and a keyword that is
+in none of its parameters is refused here, by the method's name, as Python would.
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from google.protobuf.message import Message
 
 from satchel._pages import AsyncListIterator, ListIterator
-from satchel._requests import ListCall, UnaryCall, WatchCall
-from satchel._transport import Metadata, Timeout
+from satchel._requests import CallOptionsArgs, ListCall, UnaryCall, WatchCall, WatchOptionsArgs
 from satchel._watch import AsyncWatchStream, WatchStream
 
 if TYPE_CHECKING:
@@ -23,111 +28,126 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 E = TypeVar("E", bound=Message)
+F = TypeVar("F", bound=Callable[..., Any])
 
-# The keyword-only parameters every method has beyond its builder's (watches: metadata only).
-# Static type checkers do not see them: a ParamSpec cannot gain keyword parameters (PEP 612).
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
-_TIMEOUT = inspect.Parameter("timeout", _KEYWORD, default=None, annotation="float | timedelta | None")
-_METADATA = inspect.Parameter("metadata", _KEYWORD, default=None, annotation="Metadata | None")
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, _KEYWORD)
 
 
-def _method(
-    function: Callable[..., Any], build: Callable[..., Any], returns: Any, options: tuple[inspect.Parameter, ...]
-) -> Any:
-    """Gives `function` the name and documentation of `build`, and its signature with `self`
-    first and `options` last."""
-    signature = inspect.signature(build)
-    clash = [p.name for p in options if p.name in signature.parameters]
-    if clash:
-        raise TypeError(f"{build.__name__}() may not take {', '.join(clash)}: every method adds it")
-    function.__name__ = function.__qualname__ = build.__name__
-    function.__doc__ = build.__doc__
-    self = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
-    function.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[self, *signature.parameters.values(), *options], return_annotation=returns
-    )
-    return function
+class _Spec:
+    """What a method takes from its builder: the signature (`self` first, the builder's
+    `**options` spelled out last) and the keywords it accepts."""
 
+    def __init__(self, build: Callable[..., Any], options: type[Mapping[str, Any]], wraps: Any = None) -> None:
+        self._build = build
+        hints = typing.get_type_hints(build)
+        signature = inspect.signature(build)
+        params = list(signature.parameters.values())
+        last = params.pop() if params else None
+        if (
+            last is None
+            or last.kind is not inspect.Parameter.VAR_KEYWORD
+            or typing.get_args(hints[last.name]) != (options,)
+        ):
+            raise TypeError(f"{build.__name__}() must take **options: Unpack[{options.__name__}] last")
+        clash = [name for name in options.__annotations__ if name in signature.parameters]
+        if clash:
+            raise TypeError(f"{build.__name__}() may not take {', '.join(clash)}: it is a per-call option")
+        # The TypedDict's annotations as written (strings, as the builder's own under PEP 563).
+        spelled = [
+            inspect.Parameter(name, _KEYWORD, default=None, annotation=getattr(hint, "__forward_arg__", hint))
+            for name, hint in options.__annotations__.items()
+        ]
+        self_ = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+        result = typing.get_args(hints["return"])[0]
+        self.signature = signature.replace(
+            parameters=[self_, *params, *spelled], return_annotation=result if wraps is None else wraps[result]
+        )
+        self._keywords = frozenset(p.name for p in self.signature.parameters.values() if p.kind in _NAMED)
 
-def _result_type(build: Callable[..., Any]) -> Any:
-    return typing.get_args(typing.get_type_hints(build)["return"])[0]
+    def check(self, kwargs: Mapping[str, object]) -> None:
+        """Refuses a keyword the method does not take (the builder's `**options` would)."""
+        if not self._keywords.issuperset(kwargs):
+            unknown = min(kwargs.keys() - self._keywords)
+            raise TypeError(f"{self._build.__name__}() got an unexpected keyword argument {unknown!r}")
+
+    def method(self, function: F) -> F:
+        """`function` with the builder's name, documentation and (spelled-out) signature."""
+        function.__name__ = function.__qualname__ = self._build.__name__
+        function.__doc__ = self._build.__doc__
+        function.__signature__ = self.signature  # type: ignore[attr-defined]  # any function takes it
+        return function
 
 
 def unary(build: Callable[P, UnaryCall[R]]) -> Callable[Concatenate[Client, P], R]:
-    def method(
-        self: Client, /, *args: Any, timeout: Timeout | None = None, metadata: Metadata | None = None, **kwargs: Any
-    ) -> R:
-        options = self._transport.options(timeout, metadata)
+    spec = _Spec(build, CallOptionsArgs)
+
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        spec.check(kwargs)
         call = build(*args, **kwargs)
+        options = self._transport.options(call.timeout, call.metadata)
         response = self._transport.unary(call.stub, call.rpc, call.request, options, read=call.read)
         return call.result(response)
 
-    return _method(method, build, _result_type(build), (_TIMEOUT, _METADATA))  # type: ignore[no-any-return]
+    return spec.method(method)
 
 
 def async_unary(build: Callable[P, UnaryCall[R]]) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, R]]:
-    async def method(
-        self: AsyncClient,
-        /,
-        *args: Any,
-        timeout: Timeout | None = None,
-        metadata: Metadata | None = None,
-        **kwargs: Any,
-    ) -> R:
-        options = self._transport.options(timeout, metadata)
+    spec = _Spec(build, CallOptionsArgs)
+
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        spec.check(kwargs)
         call = build(*args, **kwargs)
+        options = self._transport.options(call.timeout, call.metadata)
         response = await self._transport.unary(call.stub, call.rpc, call.request, options, read=call.read)
         return call.result(response)
 
-    return _method(method, build, _result_type(build), (_TIMEOUT, _METADATA))  # type: ignore[no-any-return]
+    return spec.method(method)
 
 
 def listing(build: Callable[P, ListCall[R]]) -> Callable[Concatenate[Client, P], ListIterator[R]]:
-    def method(
-        self: Client, /, *args: Any, timeout: Timeout | None = None, metadata: Metadata | None = None, **kwargs: Any
-    ) -> ListIterator[R]:
-        options = self._transport.options(timeout, metadata)
-        return ListIterator(self._transport, build(*args, **kwargs), options)
+    spec = _Spec(build, CallOptionsArgs, ListIterator)
 
-    returns: Any = ListIterator[_result_type(build)]  # type: ignore[misc]
-    return _method(method, build, returns, (_TIMEOUT, _METADATA))  # type: ignore[no-any-return]
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> ListIterator[R]:
+        spec.check(kwargs)
+        call = build(*args, **kwargs)
+        return ListIterator(self._transport, call, self._transport.options(call.timeout, call.metadata))
+
+    return spec.method(method)
 
 
 def async_listing(build: Callable[P, ListCall[R]]) -> Callable[Concatenate[AsyncClient, P], AsyncListIterator[R]]:
-    def method(
-        self: AsyncClient,
-        /,
-        *args: Any,
-        timeout: Timeout | None = None,
-        metadata: Metadata | None = None,
-        **kwargs: Any,
-    ) -> AsyncListIterator[R]:
-        options = self._transport.options(timeout, metadata)
-        return AsyncListIterator(self._transport, build(*args, **kwargs), options)
+    spec = _Spec(build, CallOptionsArgs, AsyncListIterator)
 
-    returns: Any = AsyncListIterator[_result_type(build)]  # type: ignore[misc]
-    return _method(method, build, returns, (_TIMEOUT, _METADATA))  # type: ignore[no-any-return]
+    def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> AsyncListIterator[R]:
+        spec.check(kwargs)
+        call = build(*args, **kwargs)
+        return AsyncListIterator(self._transport, call, self._transport.options(call.timeout, call.metadata))
+
+    return spec.method(method)
 
 
 def watch(build: Callable[P, WatchCall[E]]) -> Callable[Concatenate[Client, P], WatchStream[E]]:
-    def method(self: Client, /, *args: Any, metadata: Metadata | None = None, **kwargs: Any) -> WatchStream[E]:
-        options = self._transport.options(metadata=metadata)
-        stream = WatchStream(self._transport, build(*args, **kwargs), options)
+    spec = _Spec(build, WatchOptionsArgs, WatchStream)
+
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> WatchStream[E]:
+        spec.check(kwargs)
+        call = build(*args, **kwargs)
+        stream = WatchStream(self._transport, call, self._transport.options(metadata=call.metadata))
         self._streams.add(stream)
         return stream
 
-    returns: Any = WatchStream[_result_type(build)]  # type: ignore[misc]
-    return _method(method, build, returns, (_METADATA,))  # type: ignore[no-any-return]
+    return spec.method(method)
 
 
 def async_watch(build: Callable[P, WatchCall[E]]) -> Callable[Concatenate[AsyncClient, P], AsyncWatchStream[E]]:
-    def method(
-        self: AsyncClient, /, *args: Any, metadata: Metadata | None = None, **kwargs: Any
-    ) -> AsyncWatchStream[E]:
-        options = self._transport.options(metadata=metadata)
-        stream = AsyncWatchStream(self._transport, build(*args, **kwargs), options)
+    spec = _Spec(build, WatchOptionsArgs, AsyncWatchStream)
+
+    def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> AsyncWatchStream[E]:
+        spec.check(kwargs)
+        call = build(*args, **kwargs)
+        stream = AsyncWatchStream(self._transport, call, self._transport.options(metadata=call.metadata))
         self._streams.add(stream)
         return stream
 
-    returns: Any = AsyncWatchStream[_result_type(build)]  # type: ignore[misc]
-    return _method(method, build, returns, (_METADATA,))  # type: ignore[no-any-return]
+    return spec.method(method)

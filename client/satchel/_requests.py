@@ -2,6 +2,9 @@
 
 Each builder turns one method's arguments into a description of the call (`UnaryCall`,
 `ListCall`, `WatchCall`) without doing any I/O; `_methods` makes both clients' methods from them.
+The per-call options every method takes are declared once, as `CallOptionsArgs` (watches:
+`WatchOptionsArgs`), which each builder takes as `**options` and puts into its call: a type
+checker sees them in every method's signature, and `_methods` shows them in the runtime one.
 """
 
 from __future__ import annotations
@@ -12,16 +15,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack, overload
 
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
+from satchel._transport import Metadata, Stub, Timeout
 from satchel.kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, token_pb2, token_pb2_grpc, workload_pb2
-
-if TYPE_CHECKING:
-    from satchel._transport import Stub
 
 Secret = secret_pb2.Secret
 ServiceAccount = service_account_pb2.ServiceAccount
@@ -37,7 +38,28 @@ Duration = timedelta | float
 
 
 # ---------------------------------------------------------------------------------------------
-# What a method call becomes: an RPC, its request, and how to read the response.
+# The per-call options: the one place they are declared. Each builder takes them as
+# `**options: Unpack[...]` (PEP 692), so that a type checker sees them as keyword-only
+# parameters of every method; `_methods` spells them out, with None as their default, in the
+# signature that `inspect.signature` and `help()` show. None (or not given): the config's.
+
+
+class CallOptionsArgs(TypedDict, total=False):
+    """The options of a unary or list call."""
+
+    timeout: float | timedelta | None  # seconds or a timedelta; for a list, for each page
+    metadata: Metadata | None  # a mapping or (key, value) pairs, sent beside the config's
+
+
+class WatchOptionsArgs(TypedDict, total=False):
+    """The options of a watch: no timeout, as a gRPC deadline would end it (see `WatchStream`)."""
+
+    metadata: Metadata | None  # sent on every connection
+
+
+# ---------------------------------------------------------------------------------------------
+# What a method call becomes: an RPC, its request, how to read the response, and the options it
+# was given (checked and merged with the config's by the transport).
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,8 @@ class UnaryCall(Generic[R]):
     request: Message
     result: Callable[[Any], R]
     read: bool = False  # it changes nothing, so it may be retried
+    timeout: Timeout | None = None
+    metadata: Metadata | None = None
 
     @classmethod
     def of(
@@ -57,9 +81,10 @@ class UnaryCall(Generic[R]):
         result: Callable[[Any], Any] | None = None,
         *,
         read: bool = False,
+        **options: Unpack[CallOptionsArgs],
     ) -> UnaryCall[Any]:
         """The call of `kind`'s RPC for `verb`; its result is the response's resource unless told."""
-        return cls(kind.stub, kind.rpc(verb), request, result or attrgetter(kind.field), read)
+        return cls(kind.stub, kind.rpc(verb), request, result or attrgetter(kind.field), read, **options)
 
 
 @dataclass(frozen=True)
@@ -70,10 +95,12 @@ class ListCall(Generic[R]):
     rpc: str
     request: Any  # a ListXRequest; its page_token is advanced as pages are read
     items: str  # the response field holding the resources
+    timeout: Timeout | None = None
+    metadata: Metadata | None = None
 
     @classmethod
-    def of(cls, kind: Kind, request: Message) -> ListCall[Any]:
-        return cls(kind.stub, kind.rpc("list"), request, kind.items)
+    def of(cls, kind: Kind, request: Message, **options: Unpack[CallOptionsArgs]) -> ListCall[Any]:
+        return cls(kind.stub, kind.rpc("list"), request, kind.items, **options)
 
 
 @dataclass(frozen=True)
@@ -82,10 +109,13 @@ class WatchCall(Generic[E]):
     rpc: str
     request: Any  # a WatchXRequest
     on_relist: Callable[[], object] | None
+    metadata: Metadata | None = None
 
     @classmethod
-    def of(cls, kind: Kind, request: Message, on_relist: Callable[[], object] | None) -> WatchCall[Any]:
-        return cls(kind.stub, kind.rpc("watch"), request, on_relist)
+    def of(
+        cls, kind: Kind, request: Message, on_relist: Callable[[], object] | None, **options: Unpack[WatchOptionsArgs]
+    ) -> WatchCall[Any]:
+        return cls(kind.stub, kind.rpc("watch"), request, on_relist, **options)
 
 
 def _none(response: Message) -> None:
@@ -109,6 +139,7 @@ def create_service_account(
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
     service_account: ServiceAccount | None = None,
+    **options: Unpack[CallOptionsArgs],
 ) -> UnaryCall[ServiceAccount]:
     """Create a service account and return it as stored.
 
@@ -124,24 +155,26 @@ def create_service_account(
     else:
         _only_proto(name, "create_service_account", "service_account")
     request = service_account_pb2.CreateServiceAccountRequest(service_account=service_account)
-    return UnaryCall.of(SERVICE_ACCOUNTS, "create", request)
+    return UnaryCall.of(SERVICE_ACCOUNTS, "create", request, **options)
 
 
-def get_service_account(name: str, *, namespace: str = "default") -> UnaryCall[ServiceAccount]:
+def get_service_account(
+    name: str, *, namespace: str = "default", **options: Unpack[CallOptionsArgs]
+) -> UnaryCall[ServiceAccount]:
     """Return the service account `namespace/name`."""
     request = service_account_pb2.GetServiceAccountRequest(namespace=namespace, name=name)
-    return UnaryCall.of(SERVICE_ACCOUNTS, "get", request, read=True)
+    return UnaryCall.of(SERVICE_ACCOUNTS, "get", request, read=True, **options)
 
 
 def list_service_accounts(
-    *, namespace: str = "", label_selector: str = "", page_size: int = 0
+    *, namespace: str = "", label_selector: str = "", page_size: int = 0, **options: Unpack[CallOptionsArgs]
 ) -> ListCall[ServiceAccount]:
     """Iterate over the service accounts (all namespaces the caller may see when `namespace` is
     empty) matching `label_selector` (`k=v,k2!=v2,k3`), fetching `page_size` at a time."""
     request = service_account_pb2.ListServiceAccountsRequest(
         namespace=namespace, label_selector=label_selector, page_size=page_size
     )
-    return ListCall.of(SERVICE_ACCOUNTS, request)
+    return ListCall.of(SERVICE_ACCOUNTS, request, **options)
 
 
 def update_service_account(
@@ -155,6 +188,7 @@ def update_service_account(
     etag: str = "",
     service_account: ServiceAccount | None = None,
     update_mask: Iterable[str] | None = None,
+    **options: Unpack[CallOptionsArgs],
 ) -> UnaryCall[ServiceAccount]:
     """Change the fields given (others stay as they are) and return the account as stored.
 
@@ -178,13 +212,15 @@ def update_service_account(
         _only_proto(name, "update_service_account", "service_account")
         service_account, mask = _with_etag(service_account, etag), _given_mask(update_mask)
     request = service_account_pb2.UpdateServiceAccountRequest(service_account=service_account, update_mask=mask)
-    return UnaryCall.of(SERVICE_ACCOUNTS, "update", request)
+    return UnaryCall.of(SERVICE_ACCOUNTS, "update", request, **options)
 
 
-def delete_service_account(name: str, *, namespace: str = "default", etag: str = "") -> UnaryCall[None]:
+def delete_service_account(
+    name: str, *, namespace: str = "default", etag: str = "", **options: Unpack[CallOptionsArgs]
+) -> UnaryCall[None]:
     """Delete the service account and its token secret. With `etag`, only if it still matches."""
     request = service_account_pb2.DeleteServiceAccountRequest(namespace=namespace, name=name, etag=etag)
-    return UnaryCall.of(SERVICE_ACCOUNTS, "delete", request, _none)
+    return UnaryCall.of(SERVICE_ACCOUNTS, "delete", request, _none, **options)
 
 
 def watch_service_accounts(
@@ -194,6 +230,7 @@ def watch_service_accounts(
     since_revision: int = 0,
     send_initial: bool = False,
     on_relist: Callable[[], object] | None = None,
+    **options: Unpack[WatchOptionsArgs],
 ) -> WatchCall[service_account_pb2.WatchServiceAccountsResponse]:
     """Watch service accounts: `WatchServiceAccountsResponse` events, resumed transparently.
 
@@ -202,11 +239,16 @@ def watch_service_accounts(
     request = service_account_pb2.WatchServiceAccountsRequest(
         namespace=namespace, label_selector=label_selector, since_revision=since_revision, send_initial=send_initial
     )
-    return WatchCall.of(SERVICE_ACCOUNTS, request, on_relist)
+    return WatchCall.of(SERVICE_ACCOUNTS, request, on_relist, **options)
 
 
 def issue_certificate(
-    name: str, *, namespace: str = "default", csr_pem: str | bytes, ttl: Duration | None = None
+    name: str,
+    *,
+    namespace: str = "default",
+    csr_pem: str | bytes,
+    ttl: Duration | None = None,
+    **options: Unpack[CallOptionsArgs],
 ) -> UnaryCall[service_account_pb2.IssueCertificateResponse]:
     """Have the server sign `csr_pem` (see `satchel.pki.make_csr`) for the service account.
 
@@ -217,7 +259,7 @@ def issue_certificate(
     request = service_account_pb2.IssueCertificateRequest(
         namespace=namespace, name=name, csr_pem=csr_pem, ttl=_duration(ttl, "ttl")
     )
-    return UnaryCall(SERVICE_ACCOUNTS.stub, "IssueCertificate", request, _itself)
+    return UnaryCall(SERVICE_ACCOUNTS.stub, "IssueCertificate", request, _itself, **options)
 
 
 def create_secret(
@@ -233,6 +275,7 @@ def create_secret(
     grace_period: Duration | None = None,
     service_account: str = "",
     secret: Secret | None = None,
+    **options: Unpack[CallOptionsArgs],
 ) -> UnaryCall[Secret]:
     """Create a secret and return it as stored (with `version`, `etag` and `data_keys`).
 
@@ -252,20 +295,22 @@ def create_secret(
         )
     else:
         _only_proto(name, "create_secret", "secret")
-    return UnaryCall.of(SECRETS, "create", secret_pb2.CreateSecretRequest(secret=secret))
+    return UnaryCall.of(SECRETS, "create", secret_pb2.CreateSecretRequest(secret=secret), **options)
 
 
-def get_secret(name: str, *, namespace: str = "default") -> UnaryCall[Secret]:
+def get_secret(name: str, *, namespace: str = "default", **options: Unpack[CallOptionsArgs]) -> UnaryCall[Secret]:
     """Return the secret `namespace/name`; without the read-data permission, `data` is empty."""
     request = secret_pb2.GetSecretRequest(namespace=namespace, name=name)
-    return UnaryCall.of(SECRETS, "get", request, read=True)
+    return UnaryCall.of(SECRETS, "get", request, read=True, **options)
 
 
-def list_secrets(*, namespace: str = "", label_selector: str = "", page_size: int = 0) -> ListCall[Secret]:
+def list_secrets(
+    *, namespace: str = "", label_selector: str = "", page_size: int = 0, **options: Unpack[CallOptionsArgs]
+) -> ListCall[Secret]:
     """Iterate over the secrets (all namespaces the caller may see when `namespace` is empty)
     matching `label_selector` (`k=v,k2!=v2,k3`), fetching `page_size` at a time."""
     request = secret_pb2.ListSecretsRequest(namespace=namespace, label_selector=label_selector, page_size=page_size)
-    return ListCall.of(SECRETS, request)
+    return ListCall.of(SECRETS, request, **options)
 
 
 def update_secret(
@@ -281,6 +326,7 @@ def update_secret(
     etag: str = "",
     secret: Secret | None = None,
     update_mask: Iterable[str] | None = None,
+    **options: Unpack[CallOptionsArgs],
 ) -> UnaryCall[Secret]:
     """Change the fields given (others stay as they are) and return the secret as stored.
 
@@ -312,17 +358,24 @@ def update_secret(
         _only_proto(name, "update_secret", "secret")
         secret, mask = _with_etag(secret, etag), _given_mask(update_mask)
     request = secret_pb2.UpdateSecretRequest(secret=secret, update_mask=mask)
-    return UnaryCall.of(SECRETS, "update", request)
+    return UnaryCall.of(SECRETS, "update", request, **options)
 
 
-def delete_secret(name: str, *, namespace: str = "default", etag: str = "") -> UnaryCall[None]:
+def delete_secret(
+    name: str, *, namespace: str = "default", etag: str = "", **options: Unpack[CallOptionsArgs]
+) -> UnaryCall[None]:
     """Delete the secret. With `etag`, only if it still matches."""
     request = secret_pb2.DeleteSecretRequest(namespace=namespace, name=name, etag=etag)
-    return UnaryCall.of(SECRETS, "delete", request, _none)
+    return UnaryCall.of(SECRETS, "delete", request, _none, **options)
 
 
 def rotate_secret(
-    name: str, *, namespace: str = "default", data: Data | None = None, grace_period: Duration | None = None
+    name: str,
+    *,
+    namespace: str = "default",
+    data: Data | None = None,
+    grace_period: Duration | None = None,
+    **options: Unpack[CallOptionsArgs],
 ) -> UnaryCall[Secret]:
     """Rotate the secret and return it with its new `version`.
 
@@ -336,7 +389,7 @@ def rotate_secret(
         data=_data(data or {}),
         grace_period=_duration(grace_period, "grace_period"),
     )
-    return UnaryCall(SECRETS.stub, "RotateSecret", request, attrgetter(SECRETS.field))
+    return UnaryCall(SECRETS.stub, "RotateSecret", request, attrgetter(SECRETS.field), **options)
 
 
 def watch_secrets(
@@ -346,6 +399,7 @@ def watch_secrets(
     since_revision: int = 0,
     send_initial: bool = False,
     on_relist: Callable[[], object] | None = None,
+    **options: Unpack[WatchOptionsArgs],
 ) -> WatchCall[secret_pb2.WatchSecretsResponse]:
     """Watch secrets: `WatchSecretsResponse` events, resumed transparently.
 
@@ -354,7 +408,7 @@ def watch_secrets(
     request = secret_pb2.WatchSecretsRequest(
         namespace=namespace, label_selector=label_selector, since_revision=since_revision, send_initial=send_initial
     )
-    return WatchCall.of(SECRETS, request, on_relist)
+    return WatchCall.of(SECRETS, request, on_relist, **options)
 
 
 def create_workload(
@@ -367,6 +421,7 @@ def create_workload(
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
     workload: Workload | None = None,
+    **options: Unpack[CallOptionsArgs],
 ) -> UnaryCall[Workload]:
     """Bind `service_account` (empty: `default`) and `secrets` to the node `node_name`; return the
     workload as stored. Give the fields, or a ready proto as `workload=`."""
@@ -380,20 +435,22 @@ def create_workload(
     else:
         _only_proto(name, "create_workload", "workload")
     request = workload_pb2.CreateWorkloadRequest(workload=workload)
-    return UnaryCall.of(WORKLOADS, "create", request)
+    return UnaryCall.of(WORKLOADS, "create", request, **options)
 
 
-def get_workload(name: str, *, namespace: str = "default") -> UnaryCall[Workload]:
+def get_workload(name: str, *, namespace: str = "default", **options: Unpack[CallOptionsArgs]) -> UnaryCall[Workload]:
     """Return the workload `namespace/name`."""
     request = workload_pb2.GetWorkloadRequest(namespace=namespace, name=name)
-    return UnaryCall.of(WORKLOADS, "get", request, read=True)
+    return UnaryCall.of(WORKLOADS, "get", request, read=True, **options)
 
 
-def list_workloads(*, namespace: str = "", label_selector: str = "", page_size: int = 0) -> ListCall[Workload]:
+def list_workloads(
+    *, namespace: str = "", label_selector: str = "", page_size: int = 0, **options: Unpack[CallOptionsArgs]
+) -> ListCall[Workload]:
     """Iterate over the workloads (all namespaces the caller may see when `namespace` is empty)
     matching `label_selector` (`k=v,k2!=v2,k3`), fetching `page_size` at a time."""
     request = workload_pb2.ListWorkloadsRequest(namespace=namespace, label_selector=label_selector, page_size=page_size)
-    return ListCall.of(WORKLOADS, request)
+    return ListCall.of(WORKLOADS, request, **options)
 
 
 def update_workload(
@@ -408,6 +465,7 @@ def update_workload(
     etag: str = "",
     workload: Workload | None = None,
     update_mask: Iterable[str] | None = None,
+    **options: Unpack[CallOptionsArgs],
 ) -> UnaryCall[Workload]:
     """Change the fields given (others stay as they are) and return the workload as stored.
 
@@ -433,13 +491,15 @@ def update_workload(
         _only_proto(name, "update_workload", "workload")
         workload, mask = _with_etag(workload, etag), _given_mask(update_mask)
     request = workload_pb2.UpdateWorkloadRequest(workload=workload, update_mask=mask)
-    return UnaryCall.of(WORKLOADS, "update", request)
+    return UnaryCall.of(WORKLOADS, "update", request, **options)
 
 
-def delete_workload(name: str, *, namespace: str = "default", etag: str = "") -> UnaryCall[None]:
+def delete_workload(
+    name: str, *, namespace: str = "default", etag: str = "", **options: Unpack[CallOptionsArgs]
+) -> UnaryCall[None]:
     """Delete the workload. With `etag`, only if it still matches."""
     request = workload_pb2.DeleteWorkloadRequest(namespace=namespace, name=name, etag=etag)
-    return UnaryCall.of(WORKLOADS, "delete", request, _none)
+    return UnaryCall.of(WORKLOADS, "delete", request, _none, **options)
 
 
 def watch_workloads(
@@ -449,6 +509,7 @@ def watch_workloads(
     since_revision: int = 0,
     send_initial: bool = False,
     on_relist: Callable[[], object] | None = None,
+    **options: Unpack[WatchOptionsArgs],
 ) -> WatchCall[workload_pb2.WatchWorkloadsResponse]:
     """Watch workloads: `WatchWorkloadsResponse` events, resumed transparently.
 
@@ -457,23 +518,25 @@ def watch_workloads(
     request = workload_pb2.WatchWorkloadsRequest(
         namespace=namespace, label_selector=label_selector, since_revision=since_revision, send_initial=send_initial
     )
-    return WatchCall.of(WORKLOADS, request, on_relist)
+    return WatchCall.of(WORKLOADS, request, on_relist, **options)
 
 
-def review_token(token: str, *, audiences: Iterable[str] = ()) -> UnaryCall[token_pb2.ReviewTokenResponse]:
+def review_token(
+    token: str, *, audiences: Iterable[str] = (), **options: Unpack[CallOptionsArgs]
+) -> UnaryCall[token_pb2.ReviewTokenResponse]:
     """Ask whether a bearer token is valid (for `audiences`, if given) and whose it is.
 
     Returns the response: `authenticated`, `username`, `uid`, `groups`, `audiences`,
     `expire_time`, and `reason` when it is not valid.
     """
     request = token_pb2.ReviewTokenRequest(token=token, audiences=_strings(audiences, "audiences"))
-    return UnaryCall(token_pb2_grpc.TokenServiceStub, "ReviewToken", request, _itself, read=True)
+    return UnaryCall(token_pb2_grpc.TokenServiceStub, "ReviewToken", request, _itself, read=True, **options)
 
 
-def get_public_keys() -> UnaryCall[dict[str, Any]]:
+def get_public_keys(**options: Unpack[CallOptionsArgs]) -> UnaryCall[dict[str, Any]]:
     """Return the JWKS (as a dict) with the keys that verify the server's tokens offline."""
     request = token_pb2.GetPublicKeysRequest()
-    return UnaryCall(token_pb2_grpc.TokenServiceStub, "GetPublicKeys", request, _jwks, read=True)
+    return UnaryCall(token_pb2_grpc.TokenServiceStub, "GetPublicKeys", request, _jwks, read=True, **options)
 
 
 def _jwks(response: token_pb2.GetPublicKeysResponse) -> dict[str, Any]:
@@ -571,7 +634,12 @@ def _secret_type(value: int | str) -> SecretType:
     raise ValueError(f"unknown secret type {value!r}; use one of {names}")
 
 
+@overload
+def _duration(value: Duration, what: str) -> duration_pb2.Duration: ...
+@overload
+def _duration(value: Duration | None, what: str) -> duration_pb2.Duration | None: ...
 def _duration(value: Duration | None, what: str) -> duration_pb2.Duration | None:
+    """`value` (a timedelta or seconds) as a Duration; None stays None (the field is left unset)."""
     if value is None:
         return None
     if isinstance(value, int | float):

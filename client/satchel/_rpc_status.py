@@ -11,16 +11,20 @@ on the wire, is read as its two fields and known by its type URL's last part.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer, ScalarMap
+    from google.protobuf.message import Message
 
 _F: TypeAlias = descriptor_pb2.FieldDescriptorProto
 ERROR_INFO_TYPE = "google.rpc.ErrorInfo"
 BAD_REQUEST_TYPE = "google.rpc.BadRequest"
 
 
-def _scalar(name: str, number: int, type_: int) -> _F:
+def _scalar(name: str, number: int, type_: _F.Type.ValueType) -> _F:
     return _F(name=name, number=number, type=type_, label=_F.LABEL_OPTIONAL)
 
 
@@ -66,6 +70,38 @@ _FILE = descriptor_pb2.FileDescriptorProto(
 
 _pool = descriptor_pool.DescriptorPool()
 _pool.Add(_FILE)
-Status = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.Status"))
-ErrorInfo = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.ErrorInfo"))
-BadRequest = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.BadRequest"))
+
+if TYPE_CHECKING:
+    # The classes below as a type checker sees them, declared as protoc's .pyi stubs would
+    # declare them, with the fields of _FILE (GetMessageClass can only say `type[Message]`).
+
+    class Detail(Message):
+        type_url: str
+        value: bytes
+
+    class Status(Message):
+        code: int
+        message: str
+
+        @property
+        def details(self) -> RepeatedCompositeFieldContainer[Detail]: ...
+
+    class ErrorInfo(Message):
+        reason: str
+        domain: str
+
+        @property
+        def metadata(self) -> ScalarMap[str, str]: ...
+
+    class BadRequest(Message):
+        class FieldViolation(Message):
+            field: str
+            description: str
+
+        @property
+        def field_violations(self) -> RepeatedCompositeFieldContainer[BadRequest.FieldViolation]: ...
+
+else:
+    Status = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.Status"))
+    ErrorInfo = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.ErrorInfo"))
+    BadRequest = message_factory.GetMessageClass(_pool.FindMessageTypeByName("google.rpc.BadRequest"))

@@ -74,10 +74,14 @@ class Kind:
         return f"{verb}_{self.items if verb in _PLURAL_VERBS else self.field}"
 
     def request_type(self, verb: str) -> type[Message]:
-        return getattr(self.module, f"{self.rpc(verb)}Request")  # type: ignore[no-any-return]
+        """The request message of the RPC for `verb`: request_type("get") is GetServiceAccountRequest."""
+        request: type[Message] = getattr(self.module, f"{self.rpc(verb)}Request")
+        return request
 
     def response_type(self, verb: str) -> type[Message]:
-        return getattr(self.module, f"{self.rpc(verb)}Response")  # type: ignore[no-any-return]
+        """The response message of the RPC for `verb`: response_type("list") is ListServiceAccountsResponse."""
+        response: type[Message] = getattr(self.module, f"{self.rpc(verb)}Response")
+        return response
 
 
 SERVICE_ACCOUNTS = Kind(
