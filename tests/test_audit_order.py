@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
-
 from conftest import Stubs, make_config, secure_channel
 from failures import failure
 from kinds import SECRETS
+
 from satchel.v1 import secret_pb2, token_pb2
-from satcheld.api import _guard, _services
 from satcheld._server import Server
+from satcheld.api import _guard, _services
 
 Code = grpc.StatusCode
 
@@ -91,7 +91,12 @@ CALLS: list[tuple[str, str, Call, Code]] = [
     ("ok-get", "admin", lambda s, md: SECRETS.api(s).get("kept", metadata=md), Code.OK),
     ("ok-list", "admin", lambda s, md: SECRETS.api(s).list(call={"metadata": md}), Code.OK),
     ("missing", "admin", lambda s, md: SECRETS.api(s).get("absent", metadata=md), Code.NOT_FOUND),
-    ("invalid", "admin", lambda s, md: SECRETS.api(s).create(SECRETS.make("Bad Name"), metadata=md), Code.INVALID_ARGUMENT),
+    (
+        "invalid",
+        "admin",
+        lambda s, md: SECRETS.api(s).create(SECRETS.make("Bad Name"), metadata=md),
+        Code.INVALID_ARGUMENT,
+    ),
     (
         "malformed",
         "admin",
@@ -103,17 +108,29 @@ CALLS: list[tuple[str, str, Call, Code]] = [
     (
         "token",
         "admin",
-        lambda s, md: s.secrets.GetSecret(secret_pb2.GetSecretRequest(name="kept"), metadata=(*md, ("authorization", "Bearer x"))),
+        lambda s, md: s.secrets.GetSecret(
+            secret_pb2.GetSecretRequest(name="kept"), metadata=(*md, ("authorization", "Bearer x"))
+        ),
         Code.UNAUTHENTICATED,
     ),
-    ("later", "admin", lambda s, md: s.tokens.ReviewToken(token_pb2.ReviewTokenRequest(), metadata=md), Code.UNIMPLEMENTED),
+    (
+        "later",
+        "admin",
+        lambda s, md: s.tokens.ReviewToken(token_pb2.ReviewTokenRequest(), metadata=md),
+        Code.UNIMPLEMENTED,
+    ),
     (
         "unknown",
         "admin",
         lambda s, md: s.channel.stream_unary("/no.such.Service/Call")(iter(()), metadata=md),
         Code.UNIMPLEMENTED,
     ),
-    ("bug", "admin", lambda s, md: s.tokens.GetPublicKeys(token_pb2.GetPublicKeysRequest(), metadata=md), Code.INTERNAL),
+    (
+        "bug",
+        "admin",
+        lambda s, md: s.tokens.GetPublicKeys(token_pb2.GetPublicKeysRequest(), metadata=md),
+        Code.INTERNAL,
+    ),
     (
         "watch-denied",
         "alice",
@@ -123,7 +140,9 @@ CALLS: list[tuple[str, str, Call, Code]] = [
     (
         "watch-malformed",
         "admin",
-        lambda s, md: _drain(s.channel.unary_stream("/satchel.v1.SecretService/WatchSecrets")(b"\xff\xff\xff", metadata=md)),
+        lambda s, md: _drain(
+            s.channel.unary_stream("/satchel.v1.SecretService/WatchSecrets")(b"\xff\xff\xff", metadata=md)
+        ),
         Code.INVALID_ARGUMENT,
     ),
 ]
@@ -143,7 +162,9 @@ async def test_each_record_is_written_before_the_outcome_is_sent(observed_server
                 else:
                     await failure(call(stubs[who], _md(rid)), code)
                 # False, not missing and not True: written, and written before the status left.
-                assert seen.sent_before_record.get(rid) is False, f"{rid}: {code.name} was sent before its audit record was written"
+                assert seen.sent_before_record.get(rid) is False, (
+                    f"{rid}: {code.name} was sent before its audit record was written"
+                )
                 record = _records(server).get(rid)  # read at once, as a caller checking the log would
                 assert record is not None, f"{rid}: the caller had its {code.name} before its audit record was written"
                 assert record["code"] == code.name, rid

@@ -23,7 +23,6 @@ import os
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
-
 from kinds import SECRETS, hashed
 from tools import buf as _buf
 
@@ -98,7 +97,7 @@ async def test_buf_curl_creates_and_reads_a_secret_through_reflection(buf_curl, 
 
 
 async def test_buf_curl_shows_the_error_info_of_a_missing_secret(buf_curl) -> None:
-    code, out, err = await buf_curl("satchel.v1.SecretService/GetSecret", {"namespace": "tools", "name": "absent"})
+    code, _out, err = await buf_curl("satchel.v1.SecretService/GetSecret", {"namespace": "tools", "name": "absent"})
     assert code == GRPC_NOT_FOUND << 3, err  # buf curl exits with the gRPC code shifted left three bits
     printed = json.loads(err)
     assert (printed["code"], printed["message"]) == ("not_found", "secret tools/absent not found")
@@ -108,7 +107,9 @@ async def test_buf_curl_shows_the_error_info_of_a_missing_secret(buf_curl) -> No
 
 
 async def test_buf_curl_shows_the_field_violations_of_an_invalid_secret(buf_curl) -> None:
-    code, out, err = await buf_curl("satchel.v1.SecretService/CreateSecret", {"secret": {"metadata": {"name": "Bad Name"}}})
+    code, _out, err = await buf_curl(
+        "satchel.v1.SecretService/CreateSecret", {"secret": {"metadata": {"name": "Bad Name"}}}
+    )
     assert code == GRPC_INVALID_ARGUMENT << 3, err
     printed = json.loads(err)
     assert printed["code"] == "invalid_argument"
