@@ -4,7 +4,8 @@
 
     with Client.from_env() as client:
         client.create_secret("db", data={"password": "hunter2"})
-        secrets = {s.metadata.name: s for s in (listing := client.list_secrets())}
+        listing = client.list_secrets()
+        secrets = {s.metadata.name: s for s in listing}
         for event in client.watch_secrets(since_revision=listing.revision):
             ...
 
