@@ -11,7 +11,6 @@ RESOURCE_EXHAUSTED and resumes from its last revision.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable
 
 from ..errors import OutOfRange, SatchelError, Unavailable
@@ -19,8 +18,6 @@ from ..model import KINDS
 from ..store import Change, Store
 from ._subscription import Subscription
 from ._view import ADDED, BOOKMARK, SYNCED, View, encode
-
-log = logging.getLogger("satcheld.watch")
 
 _HISTORY_CHUNK = 1000
 
