@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.rounds} rounds of {args.warmup:g} s warm-up + {args.duration:g} s"
         )
         print(f"baseline {args.baseline} at {baseline.address}; this {args.satcheld} at {this.address}")
-        print("per round: baseline QPS vs this build's QPS (x this/baseline; above 1: this build is cheaper per call)\n")
+        print("per round: baseline QPS vs this build's QPS (x this/baseline; above 1: this one is cheaper per call)\n")
         try:
             results = asyncio.run(_run(args, baseline, this, workdir))
         except grpc.aio.AioRpcError as error:
