@@ -16,18 +16,11 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import message_factory
+from kinds import METHODS
 
 import satchel
 from satchel import AsyncClient, Client, _transport
-from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2
 
-FILES = (meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2)
-METHODS = {
-    f"/{service.full_name}/{method.name}": method
-    for module in FILES
-    for service in module.DESCRIPTOR.services_by_name.values()
-    for method in service.methods
-}
 WAIT = 10  # seconds: the config's timeout, and the bound on anything that happens at once
 DEFAULT_BASE = _transport.RETRY_BASE  # before quick_backoff changes it
 

@@ -20,19 +20,13 @@ import grpc
 import pytest
 from google.protobuf import any_pb2, message_factory
 from google.rpc import error_details_pb2, status_pb2
+from kinds import METHODS
 
 import satchel
 import satchel.pki
 from satchel import AsyncClient, Client, ClientConfig, EventType, _watch
-from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2
+from satchel.v1 import meta_pb2, secret_pb2, token_pb2, workload_pb2
 
-FILES = (meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2)
-METHODS = {
-    f"/{service.full_name}/{method.name}": method
-    for module in FILES
-    for service in module.DESCRIPTOR.services_by_name.values()
-    for method in service.methods
-}
 WAIT = 10  # seconds: an upper bound for things that happen at once, never a sleep
 
 
