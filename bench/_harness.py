@@ -128,39 +128,51 @@ class Servers:
 
 
 @contextlib.contextmanager
+def placed_client(pin: bool) -> Iterator[tuple[set[int] | None, str]]:
+    """Puts this process on the client CPU (`pin`) and makes SIGTERM unwind like
+    Ctrl-C, so that servers started inside are stopped; yields the server CPUs
+    and a line saying where each runs."""
+    server_cpus, client_cpus, placement = cpu_plan(pin)
+    if client_cpus:
+        # Before any thread exists, so grpc's threads inherit it.
+        os.sched_setaffinity(0, client_cpus)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    yield server_cpus, placement
+
+
+@contextlib.contextmanager
+def started(specs: list[tuple[str, list[str]]], workdir: pathlib.Path, cpus: set[int] | None) -> Iterator[list[Server]]:
+    """Starts each (name, argv) in order on `cpus` and stops them all on the way out."""
+    running: list[Server] = []
+    try:
+        for name, argv in specs:
+            running.append(start(name, argv, workdir, cpus))
+        if cpus:
+            for server in running:
+                pin_threads(server.process.pid, cpus)
+        yield running
+    finally:
+        for server in running:
+            server.stop()
+
+
+@contextlib.contextmanager
 def servers(args: argparse.Namespace, script: str) -> Iterator[Servers]:
     """Places this process and the servers on CPUs (`args.pin`), starts
     `args.satcheld serve --dev` in a fresh data directory and `script
     --echo-server CERTS` beside it; stops both on the way out and removes the
     directory unless `args.keep`."""
-    server_cpus, client_cpus, placement = cpu_plan(args.pin)
-    if client_cpus:
-        # Before any thread exists, so grpc's threads inherit it.
-        os.sched_setaffinity(0, client_cpus)
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-"))
-    started: list[Server] = []
+    certs = workdir / "certs"
+    serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
+    specs = [
+        ("satcheld", [args.satcheld, *serve]),
+        ("echo", [sys.executable, str(pathlib.Path(script).resolve()), "--echo-server", str(certs)]),
+    ]
     try:
-        serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
-        satcheld = start("satcheld", [args.satcheld, *serve], workdir, server_cpus)
-        started.append(satcheld)
-        certs = workdir / "certs"
-        echo = start(
-            "echo",
-            [sys.executable, str(pathlib.Path(script).resolve()), "--echo-server", str(certs)],
-            workdir,
-            server_cpus,
-        )
-        started.append(echo)
-        if server_cpus:
-            for server in started:
-                pin_threads(server.process.pid, server_cpus)
-        yield Servers(satcheld, echo, certs, workdir, placement)
+        with placed_client(args.pin) as (server_cpus, placement), started(specs, workdir, server_cpus) as running:
+            yield Servers(running[0], running[1], certs, workdir, placement)
     finally:
-        for server in started:
-            server.stop()
         if args.keep:
             print(f"kept {workdir}")
         else:

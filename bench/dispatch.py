@@ -18,7 +18,6 @@ import functools
 import os
 import pathlib
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -116,32 +115,27 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(pathlib.Path(args.serve[0]), args.serve[1], args.methods))
         return 0
 
-    server_cpus, client_cpus, placement = _harness.cpu_plan(args.pin)
-    if client_cpus:
-        os.sched_setaffinity(0, client_cpus)
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-dispatch-"))
     certs = workdir / "certs"
-    servers: dict[str, _harness.Server] = {}
+    specs = [
+        (way, [sys.executable, __file__, "--serve", str(certs), way, "--methods", str(args.methods)]) for way in WAYS
+    ]
     try:
         ctl = pathlib.Path(sys.executable).parent / "satchelctl"
         subprocess.run([str(ctl), "certs", "init", "--dir", str(certs)], check=True, capture_output=True)
-        for way in WAYS:
-            argv = [sys.executable, __file__, "--serve", str(certs), way, "--methods", str(args.methods)]
-            servers[way] = _harness.start(way, argv, workdir, server_cpus)
-            if server_cpus:
-                _harness.pin_threads(servers[way].process.pid, server_cpus)
-        print(
-            f"dispatch bench: grpcio {grpc.__version__}, {os.cpu_count()} CPUs ({placement}); "
-            f"echo of {PAYLOAD} B, {args.concurrency} calls in flight, {args.rounds} rounds of "
-            f"{args.warmup:g} s warm-up + {args.duration:g} s"
-        )
-        print()
-        _report(asyncio.run(_run(args, servers, certs)), args.methods)
+        with (
+            _harness.placed_client(args.pin) as (server_cpus, placement),
+            _harness.started(specs, workdir, server_cpus) as running,
+        ):
+            print(
+                f"dispatch bench: grpcio {grpc.__version__}, {os.cpu_count()} CPUs ({placement}); "
+                f"echo of {PAYLOAD} B, {args.concurrency} calls in flight, {args.rounds} rounds of "
+                f"{args.warmup:g} s warm-up + {args.duration:g} s"
+            )
+            print()
+            servers = {server.name: server for server in running}
+            _report(asyncio.run(_run(args, servers, certs)), args.methods)
     finally:
-        for server in servers.values():
-            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -20,9 +20,7 @@ import os
 import pathlib
 import platform
 import shutil
-import signal
 import statistics
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -39,28 +37,22 @@ NAMESPACE = "default"
 @contextlib.contextmanager
 def _two_servers(args: argparse.Namespace) -> Iterator[tuple[Server, Server, pathlib.Path, str]]:
     """The baseline and this build's satcheld, each on its own data directory,
-    both on the same server CPU; this process on the client CPU."""
-    server_cpus, client_cpus, placement = _harness.cpu_plan(args.pin)
-    if server_cpus:
-        server_cpus = {min(server_cpus)}  # one shared core
-        placement = f"client on CPU {sorted(client_cpus or ())}, both servers on CPU {sorted(server_cpus)}"
-    if client_cpus:
-        os.sched_setaffinity(0, client_cpus)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    both on one shared server CPU; this process on the client CPU."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-versus-"))
-    started: list[Server] = []
+    specs = [
+        (name, [executable, "serve", "--dev", "--data-dir", str(workdir / name), "--listen", "127.0.0.1:0"])
+        for name, executable in (("baseline", args.baseline), ("this", args.satcheld))
+    ]
     try:
-        for name, executable in (("baseline", args.baseline), ("this", args.satcheld)):
-            data = workdir / name
-            serve = ["serve", "--dev", "--data-dir", str(data), "--listen", "127.0.0.1:0"]
-            started.append(_harness.start(name, [executable, *serve], workdir, server_cpus))
-        if server_cpus:
-            for server in started:
-                _harness.pin_threads(server.process.pid, server_cpus)
-        yield started[0], started[1], workdir, placement
+        with _harness.placed_client(args.pin) as (server_cpus, placement):
+            shared = {min(server_cpus)} if server_cpus else None
+            if shared:
+                placement = placement.replace(
+                    f"servers on CPU {sorted(server_cpus)}", f"both servers on CPU {sorted(shared)}"
+                )
+            with _harness.started(specs, workdir, shared) as (baseline, this):
+                yield baseline, this, workdir, placement
     finally:
-        for server in started:
-            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
