@@ -1,5 +1,6 @@
 """Two builds of satcheld side by side: GetSecret and CreateSecret QPS of each,
-both servers pinned to one shared CPU and driven at once.
+then the server CPU of one WatchSecrets fan-out, both servers pinned to one
+shared CPU and driven at once.
 
 The scheduler halves the shared core between two saturated processes, so the
 QPS ratio of the two is the inverse ratio of their CPU per call, and a slow
@@ -74,6 +75,94 @@ async def _arm(
     }
 
 
+class _FanOut:
+    """`watchers` WatchSecrets streams on one server, each on its own channel, and
+    the writes that they all receive: the server CPU each delivery costs."""
+
+    def __init__(self, server: Server, certs: pathlib.Path, watchers: int) -> None:
+        self.server = server
+        self._credentials = _harness.credentials(certs)
+        self._watchers = watchers
+        self._channels: list[grpc.aio.Channel] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.received = 0
+        self._enough = asyncio.Event()
+        self._target = 0
+
+    async def open(self) -> None:
+        synced = []
+        for _ in range(self._watchers):
+            channel = grpc.aio.secure_channel(self.server.address, self._credentials)
+            self._channels.append(channel)
+            call = secret_pb2_grpc.SecretServiceStub(channel).WatchSecrets(
+                secret_pb2.WatchSecretsRequest(namespace="fanout", send_initial=True)
+            )
+            ready = asyncio.Event()
+            synced.append(ready)
+            self._tasks.append(asyncio.create_task(self._read(call, ready)))
+        await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in synced)), 60)
+        self._writer = secret_pb2_grpc.SecretServiceStub(self._channels[0])
+        await self._writer.CreateSecret(secret_pb2.CreateSecretRequest(secret=_fanout_secret(0)))
+
+    async def _read(self, call: grpc.aio.UnaryStreamCall, ready: asyncio.Event) -> None:
+        while True:
+            event = await call.read()
+            if event is grpc.aio.EOF:
+                return
+            if event.type == meta_pb2.EVENT_TYPE_SYNCED:
+                ready.set()
+            elif event.type == meta_pb2.EVENT_TYPE_MODIFIED:
+                self.received += 1
+                if self.received >= self._target:
+                    self._enough.set()
+
+    async def measure(self, writes: int, interval: float) -> float:
+        """Server CPU µs per delivered (event, watcher) pair over `writes` updates."""
+        await asyncio.sleep(0.2)  # let the last round's stragglers drain before sampling
+        self.received, self._target = 0, writes * self._watchers
+        self._enough.clear()
+        cpu0 = _harness.process_seconds(self.server.process.pid)
+        for n in range(1, writes + 1):
+            update = secret_pb2.UpdateSecretRequest(secret=_fanout_secret(n))
+            await self._writer.UpdateSecret(update)
+            await asyncio.sleep(interval)
+        await asyncio.wait_for(self._enough.wait(), 60)
+        return (_harness.process_seconds(self.server.process.pid) - cpu0) / self.received * 1e6
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self._channels:
+            await channel.close()
+
+
+def _fanout_secret(version: int) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        metadata=meta_pb2.ObjectMeta(namespace="fanout", name="rotated"), data={"v": str(version).encode()}
+    )
+
+
+async def _run_fanout(
+    args: argparse.Namespace, baseline: Server, this: Server, workdir: pathlib.Path
+) -> list[tuple[float, float]]:
+    arms = [_FanOut(s, workdir / s.name / "certs", args.watchers) for s in (baseline, this)]
+    rounds = []
+    try:
+        for arm in arms:
+            await arm.open()
+        writes = max(1, int(args.fanout_duration / args.interval))
+        for number in range(1, args.rounds + 1):
+            old, new = await asyncio.gather(*(arm.measure(writes, args.interval) for arm in arms))
+            rounds.append((old, new))
+            line = f"WatchSecrets x{args.watchers} {old:.0f} vs {new:.0f} µs per delivery (x{old / new:.2f})"
+            print(f"round {number}: {line}", flush=True)
+    finally:
+        for arm in arms:
+            await arm.close()
+    return rounds
+
+
 async def _run(
     args: argparse.Namespace, baseline: Server, this: Server, workdir: pathlib.Path
 ) -> dict[str, list[tuple[Result, Result]]]:
@@ -103,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each run")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight per server")
+    parser.add_argument("--watchers", type=int, default=100, help="WatchSecrets streams per server (0: no fan-out)")
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between fan-out writes")
+    parser.add_argument("--fanout-duration", type=float, default=5.0, help="seconds of fan-out writes per round")
     _harness.add_server_arguments(parser)
     args = parser.parse_args(argv)
     for executable in (args.baseline, args.satcheld):
@@ -133,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{rpc}: this/baseline QPS ratio {statistics.median(ratios):.3f}, median of {len(ratios)} "
                 f"(rounds {min(ratios):.3f}-{max(ratios):.3f}); server CPU per call "
                 f"{old_us:.0f} µs baseline, {new_us:.0f} µs this"
+            )
+        if args.watchers:
+            print()
+            fanout = asyncio.run(_run_fanout(args, baseline, this, workdir))
+            ratios = [old / new for old, new in fanout]
+            print(
+                f"\nWatchSecrets fan-out to {args.watchers} streams: baseline/this server CPU per delivery "
+                f"{statistics.median(ratios):.3f}, median of {len(ratios)} "
+                f"(rounds {min(ratios):.3f}-{max(ratios):.3f}; "
+                f"above 1: this build is cheaper); {statistics.median(o for o, _ in fanout):.0f} µs baseline, "
+                f"{statistics.median(n for _, n in fanout):.0f} µs this"
             )
         for server in (baseline, this):
             if server.process.poll() is not None:
