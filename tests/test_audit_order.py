@@ -53,8 +53,9 @@ async def observed_server(pki, tmp_path, monkeypatch) -> AsyncIterator[tuple[Ser
     def noting_write(self, request, code):
         seen.sent_before_record[request.request_id] = seen.contexts[request.request_id].done()
         seen.codes[request.request_id] = code.name
-        write(self, request, code)
+        written = write(self, request, code)
         seen.written[request.request_id].set()
+        return written
 
     async def broken(self, request, context):
         raise RuntimeError("a bug in a handler")

@@ -10,13 +10,16 @@ import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
-from conftest import mint
+from conftest import Stubs, mint, secure_channel
 from cryptography import x509
 from failures import failure
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
+from watchkit import running
 
 from satchel.v1 import secret_pb2
 
@@ -307,3 +310,30 @@ async def test_request_id_is_returned_on_errors_too(admin, server, kind: Kind) -
 
     f = await failure(kind.api(admin).get("absent", metadata=(("x-request-id", "given-1"),)), Code.NOT_FOUND)
     assert f.trailers.get("x-request-id") == "given-1"
+
+
+async def test_a_request_whose_audit_record_cannot_be_written_is_refused_unavailable(pki, tmp_path) -> None:
+    """/dev/full takes the open and refuses every write (ENOSPC): each call is
+    UNAVAILABLE (AUDIT_UNAVAILABLE) rather than answered unrecorded, no error
+    text of the server's reaches the caller, and the server stays up."""
+    async with running(pki, tmp_path / "data", audit_log=Path("/dev/full")) as server:
+        channel = secure_channel(server.address, pki, pki.admin)
+        try:
+            stubs = Stubs.over(channel)
+            calls = {
+                "a miss": SECRETS.api(stubs).get("absent"),
+                "a write": SECRETS.api(stubs).create(SECRETS.make("unrecorded")),
+                "a refusal": SECRETS.api(stubs).create(SECRETS.make("Bad Name")),
+                "a refused watch": stubs.secrets.WatchSecrets(
+                    secret_pb2.WatchSecretsRequest(namespace="Bad_NS")
+                ).read(),
+            }
+            for what, call in calls.items():
+                f = await failure(call, Code.UNAVAILABLE)
+                assert f.info.reason == "AUDIT_UNAVAILABLE", what
+                assert "Errno" not in f.message and "space" not in f.message, f"{what}: {f.message}"
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(health_pb2.HealthCheckRequest())
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await channel.close()

@@ -15,6 +15,7 @@ import grpc
 from ..auth import Principal
 
 _quote = json.encoder.encode_basestring_ascii  # a JSON string literal, in C
+log = logging.getLogger("satcheld.audit")
 
 
 @dataclass(slots=True)
@@ -46,7 +47,9 @@ class AuditLog:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._stamp}.{int(now * 1000) % 1000:03d}Z"
 
-    def write(self, request: Request, code: grpc.StatusCode) -> None:
+    def write(self, request: Request, code: grpc.StatusCode) -> bool:
+        """Appends the record; False if it could not be written (the guard then
+        refuses the request with UNAVAILABLE rather than leave it unrecorded)."""
         # One JSON object per line, built field by field: on every request, a dict
         # through json.dumps costs more than the rest of a small read.
         q = _quote
@@ -56,10 +59,15 @@ class AuditLog:
             f'"method":{q(request.method)},"resource":{q(request.resource)},'
             f'"decision":{q(request.decision)},"reason":{q(request.reason)},"code":"{code.name}"}}'
         )
-        if self._fd is not None:
-            os.write(self._fd, (line + "\n").encode())
-        else:
+        if self._fd is None:
             logging.getLogger("satcheld.audit").info("%s", line)
+            return True
+        try:
+            os.write(self._fd, (line + "\n").encode())
+        except OSError as e:
+            log.error("cannot write the audit log (%s); refusing request %s", e.strerror, request.request_id)
+            return False
+        return True
 
     def close(self) -> None:
         if self._fd is not None:

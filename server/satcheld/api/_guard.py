@@ -31,9 +31,9 @@ import grpc
 from grpc import aio
 
 from ..auth import Principal, principal_from_uris
-from ..errors import InvalidArgument, SatchelError, Unauthenticated
+from ..errors import InvalidArgument, SatchelError, Unauthenticated, Unavailable
 from ._audit import AuditLog, Request
-from ._status import REQUEST_ID_KEY, internal_status, status_of
+from ._status import REQUEST_ID_KEY, Status, internal_status, status_of
 
 log = logging.getLogger("satcheld")
 
@@ -106,7 +106,8 @@ class Guard:
                     response = await answer(request, context)
                 except BaseException as e:
                     await _fail(e, context, req, audit)
-                audit.write(req, ok)  # grpc sends the response only once this returns
+                if not audit.write(req, ok):  # grpc sends the response only once this returns
+                    await context.abort_with_status(_unrecorded(req))
                 return response
 
             return guarded
@@ -141,7 +142,8 @@ class Guard:
                         yield item
                 except BaseException as e:
                     await _fail(e, context, req, audit)
-                audit.write(req, ok)  # grpc sends the final status once the generator ends
+                if not audit.write(req, ok):  # grpc sends the final status once the generator ends
+                    await context.abort_with_status(_unrecorded(req))
 
             # Streaming handlers (the Watch RPCs) yield events the watch hub has already
             # serialized, once per view, so grpc sends their bytes as they are.
@@ -186,8 +188,8 @@ async def _fail(error: BaseException, context: aio.ServicerContext, req: Request
     if isinstance(error, SatchelError):
         if not req.reason and error.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             req.reason = error.message
-        audit.write(req, error.code)
-        await context.abort_with_status(status_of(error, req.request_id))
+        recorded = audit.write(req, error.code)
+        await context.abort_with_status(status_of(error, req.request_id) if recorded else _unrecorded(req))
     elif isinstance(error, (asyncio.CancelledError, GeneratorExit, aio.AbortError)):
         req.reason = req.reason or "cancelled"
         try:
@@ -198,6 +200,13 @@ async def _fail(error: BaseException, context: aio.ServicerContext, req: Request
             raise error
     else:
         log.error("internal error in %s (request %s)", req.method, req.request_id, exc_info=error)
-        audit.write(req, grpc.StatusCode.INTERNAL)
-        await context.abort_with_status(internal_status(req.request_id))
+        recorded = audit.write(req, grpc.StatusCode.INTERNAL)
+        await context.abort_with_status(internal_status(req.request_id) if recorded else _unrecorded(req))
     raise AssertionError("abort_with_status returned")  # it raises AbortError once the status is sent
+
+
+def _unrecorded(req: Request) -> Status:
+    """The status for a request whose audit record could not be written: refused
+    rather than unrecorded (as Vault does). What it did may have taken effect."""
+    error = Unavailable("the audit log cannot be written, so the request is refused", reason="AUDIT_UNAVAILABLE")
+    return status_of(error, req.request_id)
