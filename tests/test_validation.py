@@ -587,6 +587,20 @@ async def test_an_update_names_a_bad_mask_and_a_bad_field_under_a_good_path_at_o
     await unchanged()
 
 
+async def test_an_update_names_a_type_change_and_a_bad_label_at_once(admin, unchanged) -> None:
+    request = SECRETS.make("keep", type=T.SECRET_TYPE_OPAQUE, labels={"bad key!": "x"})
+    f = await failure(SECRETS.api(admin).update(request, ["type", "metadata.labels"]), Code.INVALID_ARGUMENT)
+    _rejected_fields({"secret.type", "secret.metadata.labels"}, f.fields)
+    await unchanged()
+
+
+async def test_a_stale_etag_is_aborted_before_the_fields_of_a_well_formed_update_are_checked(admin, unchanged) -> None:
+    request = SECRETS.make("keep", labels={"bad key!": "x"})
+    request.metadata.etag = "stale"
+    await failure(SECRETS.api(admin).update(request, ["metadata.labels"]), Code.ABORTED)
+    await unchanged()
+
+
 async def test_a_token_secret_with_a_bad_key_names_both(admin, unchanged) -> None:
     secret = SECRETS.make("token", type=T.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, data={"a/b": b"v"})
     f = await failure(SECRETS.api(admin).create(secret), Code.INVALID_ARGUMENT)

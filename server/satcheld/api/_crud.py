@@ -138,7 +138,10 @@ class Crud:
         self.authorize("update", kind, namespace, name)
         v = Violations()
         v.collect(model.check_namespace_and_name, namespace, name, prefix=f"{KINDS[kind].field}.metadata.")
+        named_badly = bool(v)
         paths = v.collect(model.mask_paths, kind, obj, mask)
+        if named_badly:  # no such object can exist: nothing to check the fields against
+            v.raise_if_any()
         if paths is None:  # the valid paths are still applied and checked, so every bad field is named at once
             paths = [path for path in mask.paths if path in model.MUTABLE_PATHS[kind]]
         etag = obj.metadata.etag
@@ -149,10 +152,12 @@ class Crud:
                 v.raise_if_any()
                 raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
             updated = model.apply_mask(current, obj, paths)
-            v.collect(model.prepare_update, current, updated)
-            v.raise_if_any()
+            if v:  # a bad mask: INVALID_ARGUMENT before the etag, naming the fields' faults too
+                v.collect(model.prepare_update, current, updated)
+                v.raise_if_any()
             if etag and etag != current.metadata.etag:
                 raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {etag!r} was read")
+            model.prepare_update(current, updated)
             if (
                 isinstance(updated, workload_pb2.Workload)
                 and isinstance(current, workload_pb2.Workload)

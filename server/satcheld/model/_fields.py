@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
 
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition
 from . import _kinds
 from ._kinds import R, Resource, copy_of
 from ._validation import (
@@ -231,16 +231,19 @@ def apply_mask(current: R, request_obj: R, paths: Iterable[str]) -> R:
 
 
 def prepare_update(current: R, updated: R) -> None:
-    """Kind rules for an update: immutability, version bumps, derived fields."""
+    """Kind rules for an update: immutability, version bumps, derived fields.
+    Raises InvalidArgument naming every bad field at once."""
+    v = Violations()
     if isinstance(current, Secret) and isinstance(updated, Secret):
-        _prepare_secret_update(current, updated)
+        _prepare_secret_update(current, updated, v)
     elif isinstance(updated, Workload):
         # As on create: an empty service account (e.g. `*` without one) means `default`.
         updated.service_account = updated.service_account or DEFAULT_SERVICE_ACCOUNT
-    validate(updated)
+    v.collect(validate, updated)
+    v.raise_if_any()
 
 
-def _prepare_secret_update(current: Secret, updated: Secret) -> None:
+def _prepare_secret_update(current: Secret, updated: Secret, v: Violations) -> None:
     # The rotation times are output only: a mask naming `rotation` (or `*`)
     # replaces the period and grace period, never the server's schedule.
     for field in ("next_rotate_time", "last_rotate_time"):
@@ -253,9 +256,9 @@ def _prepare_secret_update(current: Secret, updated: Secret) -> None:
     if updated.type == secret_pb2.SECRET_TYPE_UNSPECIFIED:
         updated.type = current.type
     if updated.type != current.type:
-        raise InvalidArgument([("secret.type", "the type of a secret cannot change")])
+        v.add("secret.type", "the type of a secret cannot change")
     data_changed = dict(updated.data) != dict(current.data)
-    if current.immutable:
+    if current.immutable and not v:  # a bad request is INVALID_ARGUMENT first
         if data_changed:
             raise FailedPrecondition(
                 f"secret {current.metadata.namespace}/{current.metadata.name} is immutable: its data cannot change",
@@ -268,7 +271,7 @@ def _prepare_secret_update(current: Secret, updated: Secret) -> None:
             )
     if data_changed:
         if current.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
-            raise InvalidArgument([("secret.data", "token secrets are changed with RotateSecret")])
+            v.add("secret.data", "token secrets are changed with RotateSecret")
         updated.version = current.version + 1
         set_data_keys(updated)
 
