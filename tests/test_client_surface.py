@@ -573,6 +573,13 @@ def test_a_calls_metadata_may_not_repeat_the_configs_token(fake, config):
     assert fake.received[0].metadata["authorization"] == "Bearer own"
 
 
+def test_malformed_metadata_is_refused_without_echoing_its_values(fake, client):
+    with pytest.raises(TypeError) as caught:
+        client.get_secret("x", metadata=[["authorization", "Bearer s3cr3t-t0ken"]])  # a list, not a pair
+    assert "s3cr3t-t0ken" not in str(caught.value) and "metadata" in str(caught.value)
+    assert fake.received == []
+
+
 def test_errors_arrive_typed_with_their_details(fake, client):
     fake.replies["GetSecret"] = lambda request, context: abort(
         context, grpc.StatusCode.NOT_FOUND, "secret default/db not found", "NOT_FOUND", kind="secrets"

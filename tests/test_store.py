@@ -382,6 +382,19 @@ async def test_a_bug_while_committing_fails_that_batch_and_the_writer_goes_on(st
     assert await store.get("secrets", "default", "after") is not None
 
 
+async def test_a_listener_that_raises_keeps_the_commit_from_no_other_listener_nor_writer(store) -> None:
+    seen: list[int] = []
+
+    def broken(changes) -> None:
+        raise RuntimeError("a bug in a listener")
+
+    store.add_listener(broken)
+    store.add_listener(lambda changes: seen.extend(c.revision for c in changes))
+    stored = await store.write(lambda txn: txn.put(SECRETS.make("heard", namespace="default")))
+    assert seen == [stored.metadata.resource_version]
+    assert store.revision == stored.metadata.resource_version
+
+
 async def test_writes_and_reads_after_close_are_refused(store) -> None:
     await store.write(lambda txn: txn.put(SECRETS.make("kept", namespace="default")))
     await store.close()

@@ -95,7 +95,7 @@ class _CallDefaults:
         pairs = tuple((metadata.items() if isinstance(metadata, Mapping) else metadata) or ())
         for pair in pairs:
             if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
-                raise TypeError(f"metadata must be a mapping or (key, value) pairs, not {pair!r}")
+                raise TypeError(f"metadata must be a mapping or (key, value) pairs, not {type(pair).__name__}")
         repeated = sorted({key.lower() for key, _ in pairs} & {key for key, _ in self._metadata})
         if repeated:
             raise ValueError(f"metadata may not repeat {', '.join(repeated)}: the client's config sends it")

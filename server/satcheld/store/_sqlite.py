@@ -360,7 +360,10 @@ class SqliteStore:
     def _publish(self, changes: list[Change]) -> None:
         self._revision = changes[-1].revision
         for listener in self._listeners:
-            listener(changes)
+            try:
+                listener(changes)
+            except Exception:  # a bug in one listener must not keep the commit from the others
+                log.exception("a store listener failed at revision %d", self._revision)
 
     # -- reads: each runs in a reader thread ----------------------------
 
