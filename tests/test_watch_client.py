@@ -140,7 +140,7 @@ async def test_list_then_watch_from_the_listings_revision_misses_nothing(server,
         await client.close()
 
 
-async def test_blocking_list_then_watch_misses_a_change_made_between_pages(server, pki) -> None:
+async def test_blocking_list_then_watch_replays_a_change_made_between_pages(server, pki) -> None:
     """The revision is the first page's: a change made while the listing is being paged
     through (here to an object of its second page) is replayed by the watch, so the state
     rebuilt is still the truth. Reading `revision` before iterating reads the first page."""
