@@ -75,6 +75,13 @@ NOT_A_URI_SAN = {
         "x",
         [x509.UniformResourceIdentifier(ADMIN_ID), x509.UniformResourceIdentifier("spiffe://satchel.local/user/alice")],
     ),
+    # grpc's peer_uri stops at the NUL: read from it, this certificate was the admin's.
+    "nul-byte-in-the-uri": ("x", [x509.UniformResourceIdentifier(ADMIN_ID + "\x00.attacker")]),
+    "control-character-in-the-uri": ("x", [x509.UniformResourceIdentifier("spiffe://satchel.local/user/ad\tmin")]),
+    "spiffe-and-https-uris": (
+        "x",
+        [x509.UniformResourceIdentifier(ADMIN_ID), x509.UniformResourceIdentifier("https://satchel.local/admin")],
+    ),
 }
 
 

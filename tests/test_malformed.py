@@ -48,3 +48,21 @@ async def test_a_bearer_token_is_refused_until_tokens_are_verified(server, admin
     (record,) = _audit(server)
     assert record["code"] == "UNAUTHENTICATED"
     assert "abc.def.ghi" not in server.config.audit_log.read_text()
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (("authorization", ""),),
+        (("authorization", "Bearer a.b.c"), ("authorization", "")),
+        (("authorization", "Basic YWRtaW46YWRtaW4="),),
+        (("authorization-bin", b"\x00\x01"),),
+    ],
+    ids=["empty", "two-values", "not-bearer", "binary"],
+)
+async def test_any_authorization_header_is_refused_never_falling_back_to_the_certificate(admin, metadata) -> None:
+    """A second, empty or binary `authorization` must not leave the call running as
+    the certificate's principal (here an admin) while a token is in play."""
+    call = admin.secrets.GetSecret(secret_pb2.GetSecretRequest(name="any"), metadata=metadata)
+    f = await failure(call, grpc.StatusCode.UNAUTHENTICATED)
+    assert f.info.reason == "TOKEN_NOT_SUPPORTED"

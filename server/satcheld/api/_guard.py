@@ -30,7 +30,7 @@ from typing import Any, NoReturn, cast
 import grpc
 from grpc import aio
 
-from ..auth import Principal, principal_from_uris
+from ..auth import Principal, principal_from_certificate
 from ..errors import InvalidArgument, SatchelError, Unauthenticated, Unavailable
 from ._audit import AuditLog, Request
 from ._status import REQUEST_ID_KEY, Status, internal_status, status_of
@@ -76,17 +76,19 @@ class Guard:
         return req
 
     def _authenticate(self, req: Request, context: aio.ServicerContext, metadata: Any) -> None:
-        auth = context.auth_context()
-        if not auth.get("x509_pem_cert"):
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
             raise Unauthenticated("no client certificate was presented", reason="NO_CLIENT_CERTIFICATE")
-        if _metadata_value(metadata, "authorization"):
-            # Until bearer tokens are verified, a token must not silently run as the
-            # certificate's (possibly stronger) principal.
-            raise Unauthenticated(
-                "bearer tokens are not accepted yet; call with a client certificate only", reason="TOKEN_NOT_SUPPORTED"
-            )
-        # Only URI SANs name a SPIFFE ID; a CN or DNS name that looks like one does not.
-        req.principal = principal_from_uris(tuple(auth.get("peer_uri", ())), self._trust_domain)
+        for key, _ in metadata or ():
+            if key in ("authorization", "authorization-bin"):
+                # Until bearer tokens are verified, no `authorization` of any form
+                # (an empty one included) may run as the certificate's principal.
+                raise Unauthenticated(
+                    "bearer tokens are not accepted yet; call with a client certificate only",
+                    reason="TOKEN_NOT_SUPPORTED",
+                )
+        # Only the URI SAN names a SPIFFE ID; a CN or DNS name that looks like one does not.
+        req.principal = principal_from_certificate(next(iter(pems)), self._trust_domain)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler with the guard around it. It takes the raw request bytes and

@@ -2,7 +2,7 @@
 certificate, the policy file, the authorizer. Knows no SQL and no service."""
 
 from ._authorizer import Authorizer
-from ._identity import NODE, SERVICE_ACCOUNT, USER, Principal, parse_spiffe_id, principal_from_uris
+from ._identity import NODE, SERVICE_ACCOUNT, USER, Principal, parse_spiffe_id, principal_from_certificate
 from ._policy import Policy, PolicyError
 
 __all__ = [
@@ -14,5 +14,5 @@ __all__ = [
     "PolicyError",
     "Principal",
     "parse_spiffe_id",
-    "principal_from_uris",
+    "principal_from_certificate",
 ]

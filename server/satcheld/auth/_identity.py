@@ -1,9 +1,12 @@
-"""Who is calling: the principal named by the client certificate's SPIFFE ID."""
+"""Who is calling: the principal named by the SPIFFE ID of the verified client
+certificate, read from the certificate itself."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+
+from cryptography import x509
 
 from ..errors import Unauthenticated
 from ..model import is_dns_label, is_dns_subdomain
@@ -45,15 +48,36 @@ def parse_spiffe_id(uri: str, trust_domain: str) -> Principal | None:
     return None
 
 
+_EXPECTED = "expected one URI SAN spiffe://<td>/user/<name>, /node/<name> or /ns/<ns>/sa/<name>"
+
+
 @lru_cache(maxsize=4096)
-def principal_from_uris(uris: tuple[bytes, ...], trust_domain: str) -> Principal:
-    """The principal named by the URI SANs of a verified client certificate,
-    as grpc reports them; cached per set of URIs."""
-    found = {p for p in (parse_spiffe_id(u.decode("utf-8", "replace"), trust_domain) for u in uris) if p is not None}
-    if len(found) != 1:
+def principal_from_certificate(pem: bytes, trust_domain: str) -> Principal:
+    """The principal named by a verified client certificate (PEM, as grpc's auth
+    context gives it), read from the certificate itself: grpc's own `peer_uri`
+    strings stop at a NUL byte, so a URI `.../user/admin<NUL>.x` would read as admin.
+    As in an X509-SVID the certificate carries exactly one URI SAN, a SPIFFE ID of
+    `trust_domain` with no control character in it. Cached per certificate."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    except ValueError:
+        raise Unauthenticated("the client certificate cannot be read", reason="BAD_CLIENT_CERTIFICATE") from None
+    if len(uris) > 1:
         raise Unauthenticated(
-            f"the client certificate carries no SPIFFE ID of trust domain {trust_domain!r} "
-            "(expected one URI SAN spiffe://<td>/user/<name>, /node/<name> or /ns/<ns>/sa/<name>)",
+            f"the client certificate carries {len(uris)} URI SANs; {_EXPECTED}", reason="NO_SPIFFE_ID"
+        )
+    if uris and any(ord(c) < 0x20 or ord(c) == 0x7F for c in uris[0]):
+        raise Unauthenticated(
+            "the client certificate's URI SAN holds a control character; it names nobody", reason="NO_SPIFFE_ID"
+        )
+    principal = parse_spiffe_id(uris[0], trust_domain) if uris else None
+    if principal is None:
+        raise Unauthenticated(
+            f"the client certificate carries no SPIFFE ID of trust domain {trust_domain!r} ({_EXPECTED})",
             reason="NO_SPIFFE_ID",
         )
-    return found.pop()
+    return principal
