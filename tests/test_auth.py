@@ -344,3 +344,25 @@ async def test_a_request_whose_audit_record_cannot_be_written_is_refused_unavail
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
         finally:
             await channel.close()
+
+
+async def test_huge_caller_strings_make_bounded_records_and_messages_and_the_right_status(connect, pki, server) -> None:
+    """A 2 MiB namespace or etag, or an 8,000-character method name, must neither make a megabyte audit line
+    nor a trailer too large for the client (which would see a transport error
+    instead of the status)."""
+    huge = "n" * (2 * 1024 * 1024)
+    alice, admin = connect(pki.alice), connect(pki.admin)
+    f = await failure(
+        alice.secrets.GetSecret(secret_pb2.GetSecretRequest(namespace=huge, name="x")), Code.PERMISSION_DENIED
+    )
+    assert len(f.message) < 1024
+    await SECRETS.api(admin).create(SECRETS.make("etagged"))
+    stale = SECRETS.make("etagged", labels={"a": "b"})
+    stale.metadata.etag = huge
+    f = await failure(SECRETS.api(admin).update(stale, ["metadata.labels"]), Code.ABORTED)
+    assert len(f.message) < 1024
+    unknown = admin.channel.unary_unary("/satchel.v1.SecretService/" + "M" * 8_000)
+    f = await failure(unknown(b""), Code.UNIMPLEMENTED)
+    assert len(f.message) < 1024
+    lines = server.config.audit_log.read_text().splitlines()
+    assert lines and max(len(line) for line in lines) < 4096, "an audit record grew with the caller's strings"

@@ -16,6 +16,12 @@ from ..auth import Principal
 
 _quote = json.encoder.encode_basestring_ascii  # a JSON string literal, in C
 log = logging.getLogger("satcheld.audit")
+MAX_FIELD = 256  # characters of any one string a caller can influence: no request makes a long record
+
+
+def _bounded(value: str) -> str:
+    """A JSON string literal of `value`, cut to MAX_FIELD characters."""
+    return _quote(value if len(value) <= MAX_FIELD else value[: MAX_FIELD - 3] + "...")
 
 
 @dataclass(slots=True)
@@ -52,7 +58,7 @@ class AuditLog:
         refuses the request with UNAVAILABLE rather than leave it unrecorded)."""
         # One JSON object per line, built field by field: on every request, a dict
         # through json.dumps costs more than the rest of a small read.
-        q = _quote
+        q = _bounded
         line = (
             f'{{"time":"{self._time()}","request_id":{q(request.request_id)},'
             f'"principal":{q(str(request.principal) if request.principal else "")},'

@@ -15,7 +15,7 @@ from satchel.v1 import service_account_pb2, workload_pb2
 from .. import model
 from ..auth import Authorizer
 from ..errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
-from ..model import KINDS, SERVICE_ACCOUNTS, LabelSelector, R, Violations
+from ..model import KINDS, SERVICE_ACCOUNTS, LabelSelector, R, Violations, shown
 from ..store import Store, Transaction
 from ..watch import View, WatchHub
 from . import _guard
@@ -156,7 +156,7 @@ class Crud:
                 v.collect(model.prepare_update, current, updated)
                 v.raise_if_any()
             if etag and etag != current.metadata.etag:
-                raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {etag!r} was read")
+                raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {shown(etag)} was read")
             model.prepare_update(current, updated)
             if (
                 isinstance(updated, workload_pb2.Workload)
@@ -206,7 +206,7 @@ class Crud:
             if current is None:
                 raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
             if etag and etag != current.metadata.etag:
-                raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {etag!r} was read")
+                raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {shown(etag)} was read")
             txn.delete(kind, namespace, name)
 
         await self.store.write(write)

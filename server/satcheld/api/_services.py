@@ -16,7 +16,7 @@ from satchel.v1 import (
 )
 
 from ..errors import Unimplemented
-from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
+from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, shown
 from ._crud import Crud
 
 
@@ -27,7 +27,7 @@ def unknown_method(method: str) -> grpc.RpcMethodHandler:
 
     async def answer(requests: object, context: object) -> None:
         raise Unimplemented(
-            f"{method!r} is not a method of this server (reflection lists those it has)", reason="METHOD_NOT_FOUND"
+            f"{shown(method)} is not a method of this server (reflection lists those it has)", reason="METHOD_NOT_FOUND"
         )
 
     return grpc.stream_unary_rpc_method_handler(answer)

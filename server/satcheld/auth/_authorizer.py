@@ -7,7 +7,7 @@ services and watch views ask it, never the policy file.
 from __future__ import annotations
 
 from ..errors import PermissionDenied
-from ..model import SECRETS
+from ..model import SECRETS, shown
 from ._identity import USER, Principal
 from ._policy import Policy
 
@@ -31,5 +31,5 @@ class Authorizer:
         """Raises PermissionDenied unless allowed. Called before any lookup, so
         a denied caller never learns whether the object exists."""
         if not self.allowed(principal, verb, resource, namespace):
-            where = f"{resource} in namespace {namespace!r}" if namespace else resource
+            where = f"{resource} in namespace {shown(namespace)}" if namespace else resource
             raise PermissionDenied(f"{principal} may not {verb} {where}")

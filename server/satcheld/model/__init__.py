@@ -16,7 +16,7 @@ from ._fields import (
 )
 from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, R, Resource, copy_of, kind_name, kind_of
 from ._labels import LabelSelector, Requirement
-from ._validation import MAX_OBJECT_BYTES, Violations, is_dns_label, is_dns_subdomain
+from ._validation import MAX_OBJECT_BYTES, Violations, is_dns_label, is_dns_subdomain, shown
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -45,5 +45,6 @@ __all__ = [
     "prepare_create",
     "prepare_update",
     "same_content",
+    "shown",
     "visible",
 ]

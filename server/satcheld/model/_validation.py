@@ -58,8 +58,9 @@ class Violations(list[tuple[str, str]]):
             raise InvalidArgument(list(self))
 
 
-def _show(value: str) -> str:
-    """A short, printable rendering of a caller-supplied (non-secret) name."""
+def shown(value: str) -> str:
+    """A short, printable rendering of a caller-supplied (non-secret) string, for
+    messages and records: a caller never makes them long."""
     shown = value if len(value) <= 64 else value[:61] + "..."
     return json.dumps(shown)
 
@@ -74,7 +75,7 @@ def is_dns_subdomain(value: str) -> bool:
 
 def check_namespace(v: Violations, field: str, value: str) -> None:
     if not is_dns_label(value):
-        v.add(field, f"{_show(value)} is not a DNS-1123 label (lowercase a-z, 0-9 and '-', at most 63)")
+        v.add(field, f"{shown(value)} is not a DNS-1123 label (lowercase a-z, 0-9 and '-', at most 63)")
 
 
 def check_name(v: Violations, field: str, value: str) -> None:
@@ -83,18 +84,18 @@ def check_name(v: Violations, field: str, value: str) -> None:
     elif not is_dns_subdomain(value):
         v.add(
             field,
-            f"{_show(value)} is not a DNS-1123 subdomain (lowercase a-z, 0-9, '-' and '.', at most 253)",
+            f"{shown(value)} is not a DNS-1123 subdomain (lowercase a-z, 0-9, '-' and '.', at most 253)",
         )
 
 
 def _check_key(v: Violations, field: str, key: str) -> None:
     prefix, slash, name = key.rpartition("/")
     if slash and not (prefix and is_dns_subdomain(prefix)):
-        v.add(field, f"key {_show(key)} has a prefix that is not a DNS-1123 subdomain")
+        v.add(field, f"key {shown(key)} has a prefix that is not a DNS-1123 subdomain")
     if not (len(name) <= 63 and _QUALIFIED_NAME.fullmatch(name)):
         v.add(
             field,
-            f"key {_show(key)} must be at most 63 alphanumerics with '-', '_' or '.' inside,"
+            f"key {shown(key)} must be at most 63 alphanumerics with '-', '_' or '.' inside,"
             " optionally after a prefix and '/'",
         )
 
@@ -105,7 +106,7 @@ def check_labels(v: Violations, field: str, labels: Mapping[str, str]) -> None:
         if value and not (len(value) <= 63 and _QUALIFIED_NAME.fullmatch(value)):
             v.add(
                 field,
-                f"value of {_show(key)} must be empty or at most 63 alphanumerics with '-', '_' or '.' inside",
+                f"value of {shown(key)} must be empty or at most 63 alphanumerics with '-', '_' or '.' inside",
             )
 
 
@@ -124,7 +125,7 @@ def check_data(v: Violations, field: str, data: Mapping[str, bytes]) -> None:
     for key, value in data.items():
         if not (len(key) <= 253 and _DATA_KEY.fullmatch(key)) or key == "." or key.startswith(".."):
             v.add(
-                f"{field}[{_show(key)}]",
+                f"{field}[{shown(key)}]",
                 "key must be 1-253 of [-._a-zA-Z0-9], not '.' and not starting with '..'",
             )
         total += len(key.encode()) + len(value)
