@@ -34,6 +34,7 @@ READS = {
     "ListWorkloads": ("list_workloads", (), {}),
     "ReviewToken": ("review_token", ("tok",), {}),
     "GetPublicKeys": ("get_public_keys", (), {}),
+    "CheckAccess": ("check_access", ("get", "secrets"), {}),
 }
 WRITES = {
     "CreateServiceAccount": ("create_service_account", ("web",), {}),
@@ -97,6 +98,8 @@ class Flaky(grpc.GenericRpcHandler):
             return response_type(jwks_json='{"keys": []}')
         if rpc == "ReviewToken":
             return response_type(authenticated=True, username="system:serviceaccount:default:web")
+        if rpc == "CheckAccess":
+            return response_type(allowed=True)
         if rpc.startswith("List"):
             page = int(request.page_token or "0")
             field_name = response_type.DESCRIPTOR.fields[0]  # the repeated resources
@@ -177,6 +180,8 @@ async def test_a_read_is_retried_after_unavailable_until_it_succeeds(flaky, clie
         assert [item.metadata.name for item in result] == ["item-0"]
     elif rpc == "GetPublicKeys":
         assert result == {"keys": []}
+    elif rpc == "CheckAccess":
+        assert result.allowed
     else:
         assert result.authenticated
 

@@ -25,7 +25,7 @@ from kinds import METHODS
 import satchel
 import satchel.pki
 from satchel import AsyncClient, Client, ClientConfig, EventType, _watch
-from satchel.v1 import meta_pb2, secret_pb2, token_pb2, workload_pb2
+from satchel.v1 import authorization_pb2, meta_pb2, secret_pb2, token_pb2, workload_pb2
 
 WAIT = 10  # seconds: an upper bound for things that happen at once, never a sleep
 
@@ -44,8 +44,14 @@ def is_listing(method):
 
 def test_the_descriptors_have_the_designed_services():
     services = {m.containing_service.name for m in METHODS.values()}
-    assert services == {"ServiceAccountService", "SecretService", "WorkloadService", "TokenService"}
-    assert len(METHODS) == 22
+    assert services == {
+        "ServiceAccountService",
+        "SecretService",
+        "WorkloadService",
+        "TokenService",
+        "AuthorizationService",
+    }
+    assert len(METHODS) == 23
 
 
 @pytest.mark.parametrize("path", sorted(METHODS))
@@ -205,6 +211,7 @@ EXTRA = {
     "update_secret": {"labels": {"a": "b"}},
     "update_workload": {"node_name": "n1"},
     "issue_certificate": {"csr_pem": "-----BEGIN CERTIFICATE REQUEST-----"},
+    "check_access": {"resource": "secrets"},
 }
 
 
@@ -381,6 +388,20 @@ def test_token_calls_return_the_response_and_the_jwks(fake, client):
     assert isinstance(review, token_pb2.ReviewTokenResponse)
     assert review.authenticated and list(review.audiences) == ["peer"]
     assert client.get_public_keys() == {"keys": [{"kid": "k1", "kty": "EC"}]}
+
+
+def test_check_access_builds_the_request_and_returns_the_response(fake, client):
+    fake.replies["CheckAccess"] = lambda request, context: authorization_pb2.CheckAccessResponse(
+        allowed=False, reason="user:alice may not get secrets"
+    )
+
+    answer = client.check_access("get", "secrets", "db", namespace="prod")
+    assert isinstance(answer, authorization_pb2.CheckAccessResponse)
+    assert (answer.allowed, answer.reason) == (False, "user:alice may not get secrets")
+    client.check_access("list", "workloads")
+    first, second = (r.request for r in fake.received)
+    assert (first.verb, first.resource, first.namespace, first.name) == ("get", "secrets", "prod", "db")
+    assert (second.verb, second.resource, second.namespace, second.name) == ("list", "workloads", "", "")
 
 
 def test_list_follows_next_page_token(fake, client):

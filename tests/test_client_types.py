@@ -29,6 +29,7 @@ TYPED = """
     from typing import assert_type
 
     from satchel import AsyncClient, AsyncListIterator, AsyncWatchStream, Client, ListIterator, Secret, WatchStream
+    from satchel.v1.authorization_pb2 import CheckAccessResponse
     from satchel.v1.secret_pb2 import WatchSecretsResponse
 
 
@@ -40,6 +41,7 @@ TYPED = """
         client.create_secret("db", data={"password": "pw"}, timeout=2.5)
         client.delete_secret("db", etag="e1", metadata={"x-trace": "t"})
         client.get_public_keys(timeout=1)
+        assert_type(client.check_access("get", "secrets", "db", namespace="prod", timeout=1), CheckAccessResponse)
         assert_type(client.list_secrets(timeout=1.5), ListIterator[Secret])
         stream = client.watch_secrets(since_revision=7, metadata=[("x-request-id", "r")])
         assert_type(stream, WatchStream[WatchSecretsResponse])
@@ -52,6 +54,7 @@ TYPED = """
         async for secret in listing:
             assert_type(secret, Secret)
         await client.review_token("t", audiences=["a"], timeout=timedelta(seconds=1), metadata={"k": "v"})
+        assert_type(await client.check_access("list", "workloads", metadata={"k": "v"}), CheckAccessResponse)
         stream = client.watch_secrets(metadata={"x-request-id": "r"})
         assert_type(stream, AsyncWatchStream[WatchSecretsResponse])
 """

@@ -603,6 +603,39 @@ def test_rotate_and_token_review_report_the_server_answer(ctl, ns) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# auth can-i
+
+
+def test_can_i_says_yes_to_the_admin(ctl) -> None:
+    for args in (("get", "secrets"), ("read-data", "secrets", "db", "-n", "prod"), ("delete", "workloads", "-n", "x")):
+        r = ctl("auth", "can-i", *args)
+        assert (r.code, r.out, r.err) == (0, "yes\n", ""), args
+
+
+@pytest.mark.parametrize(("kind", "name", "principal"), [("user", "alice", "user:alice"), ("node", "n1", "node:n1")])
+def test_can_i_says_no_with_why_and_exit_1(ctl, server: Server, kind: str, name: str, principal: str) -> None:
+    certs = server.data / "certs"
+    issued = ctl("certs", "issue", "--dir", str(certs), kind, name)
+    assert issued.code == 0, issued.err
+    crt, key = issued.out.splitlines()
+    r = ctl("auth", "can-i", "get", "secrets", "db", "-n", "prod", "--cert", crt, "--key", key)
+    assert (r.code, r.out) == (1, "no\n")
+    assert r.err == f'{principal} may not get secrets in namespace "prod"\n'
+
+
+def test_can_i_names_a_bad_verb_and_resource(ctl) -> None:
+    r = ctl("auth", "can-i", "steal", "passwords")
+    assert r.code == 1
+    assert r.out == ""
+    assert r.err.startswith("error: INVALID_ARGUMENT: ")
+    assert "  verb: " in r.err and "  resource: " in r.err
+
+
+def test_can_i_needs_a_verb_and_a_resource(ctl) -> None:
+    assert ctl("auth", "can-i", "get").code == 2
+
+
+# ---------------------------------------------------------------------------------------------
 # The same JSON as grpcurl
 
 

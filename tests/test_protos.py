@@ -109,6 +109,7 @@ SERVICES = {
         ],
     ),
     "TokenService": ("token_pb2", ["ReviewToken", "GetPublicKeys"]),
+    "AuthorizationService": ("authorization_pb2", ["CheckAccess"]),
 }
 
 RPCS = [(service, module, rpc) for service, (module, rpcs) in SERVICES.items() for rpc in rpcs]
@@ -201,6 +202,10 @@ FIELDS = {
         },
         "GetPublicKeysRequest": set(),
         "GetPublicKeysResponse": {"jwks_json"},
+    },
+    "authorization_pb2": {
+        "CheckAccessRequest": {"verb", "resource", "namespace", "name"},
+        "CheckAccessResponse": {"allowed", "reason"},
     },
 }
 

@@ -39,7 +39,7 @@ class Client:
     gives each page that long). `list_*` return a `ListIterator`, whose `revision` a watch can
     start from; `watch_*` return a `WatchStream`.
 
-    Reads (`get_*`, the pages of `list_*`, `review_token`, `get_public_keys`) that fail with
+    Reads (`get_*`, the pages of `list_*`, `review_token`, `get_public_keys`, `check_access`) that fail with
     UNAVAILABLE are tried again, a few times, after a backoff with full jitter (0.1 s doubling,
     at most 2 s), within the call's timeout. Writes are never retried: an UnavailableError from
     one leaves it unknown whether the server applied it.
@@ -102,6 +102,8 @@ class Client:
 
     review_token = unary(_requests.review_token)
     get_public_keys = unary(_requests.get_public_keys)
+
+    check_access = unary(_requests.check_access)
 
 
 class AsyncClient:
@@ -169,3 +171,5 @@ class AsyncClient:
 
     review_token = async_unary(_requests.review_token)
     get_public_keys = async_unary(_requests.get_public_keys)
+
+    check_access = async_unary(_requests.check_access)

@@ -1,4 +1,5 @@
-"""`satchelctl`: the command line for Satchel — certificates, resources, rotation, watch, tokens.
+"""`satchelctl`: the command line for Satchel — certificates, resources, rotation, watch, tokens,
+access checks.
 
 Every API command connects with `--server --ca --cert --key [--token]` or the `SATCHEL_…`
 variables, and prints `-o table` (default), `json` (the protobuf JSON mapping, as grpcurl prints
@@ -388,6 +389,18 @@ def _review(client: Client, args: argparse.Namespace) -> None:
     )
 
 
+def _can_i(client: Client, args: argparse.Namespace) -> int:
+    """`yes` (exit 0) or `no` (exit 1, and why on stderr), as `kubectl auth can-i` does."""
+    response = client.check_access(args.verb_asked, args.resource, args.name or "", namespace=args.namespace)
+    if response.allowed:
+        print("yes")
+        return 0
+    print("no")
+    if response.reason:
+        print(response.reason, file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _certs_init(args: argparse.Namespace) -> None:
     names = ("ca.crt", "ca.key", "server.crt", "server.key", "admin.crt", "admin.key")
     paths = [Path(args.dir) / name for name in names]
@@ -569,6 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("token_value", metavar="TOKEN", help="the token, or - to read it from stdin")
     review.add_argument("--audience", action="append", help="an audience the token must have (repeatable)")
     review.set_defaults(run=_review)
+
+    auth = sub.add_parser("auth", help="what you may do")
+    auth_sub = auth.add_subparsers(dest="verb", required=True, metavar="VERB")
+    can_i = auth_sub.add_parser(
+        "can-i", parents=[p["connection"]], help="may you do VERB on RESOURCE? prints yes (exit 0) or no (exit 1)"
+    )
+    can_i.add_argument("verb_asked", metavar="VERB", help="get, list, watch, create, update, delete, rotate, read-data")
+    can_i.add_argument("resource", metavar="RESOURCE", help="serviceaccounts, secrets or workloads")
+    can_i.add_argument("name", metavar="NAME", nargs="?", help="one object (default: any)")
+    can_i.add_argument("-n", "--namespace", default="", help="namespace (default: all namespaces)")
+    can_i.set_defaults(run=_can_i)
     return parser
 
 
@@ -599,8 +623,8 @@ def main(argv: list[str] | None = None) -> int:
             args.local(args)
             return 0
         client = _connect(args)
-        args.run(client, args)
-        return 0
+        code: int | None = args.run(client, args)  # most commands return nothing: success
+        return code or 0
     except UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_USAGE

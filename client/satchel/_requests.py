@@ -22,7 +22,16 @@ from google.protobuf.message import Message
 
 from satchel._transport import Metadata, Stub, Timeout
 from satchel.kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
-from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, token_pb2, token_pb2_grpc, workload_pb2
+from satchel.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
+    meta_pb2,
+    secret_pb2,
+    service_account_pb2,
+    token_pb2,
+    token_pb2_grpc,
+    workload_pb2,
+)
 
 Secret = secret_pb2.Secret
 ServiceAccount = service_account_pb2.ServiceAccount
@@ -542,6 +551,20 @@ def get_public_keys(**options: Unpack[CallOptionsArgs]) -> UnaryCall[dict[str, A
 def _jwks(response: token_pb2.GetPublicKeysResponse) -> dict[str, Any]:
     jwks: dict[str, Any] = json.loads(response.jwks_json)
     return jwks
+
+
+def check_access(
+    verb: str, resource: str, name: str = "", *, namespace: str = "", **options: Unpack[CallOptionsArgs]
+) -> UnaryCall[authorization_pb2.CheckAccessResponse]:
+    """Ask whether you (the caller) may do `verb` on `resource` in `namespace` (empty: all of them).
+
+    `verb`: get, list, watch, create, update, delete, rotate or read-data; `resource`:
+    serviceaccounts, secrets or workloads; `name`: one object (empty: any). Returns the response:
+    `allowed`, and `reason` when not.
+    """
+    request = authorization_pb2.CheckAccessRequest(verb=verb, resource=resource, namespace=namespace, name=name)
+    stub = authorization_pb2_grpc.AuthorizationServiceStub
+    return UnaryCall(stub, "CheckAccess", request, _itself, read=True, **options)
 
 
 # Argument helpers.

@@ -19,13 +19,17 @@ from google.protobuf.message import Message
 from satchel import kinds
 from satchel._config import ClientConfig
 from satchel._errors import SatchelError, from_rpc_error
-from satchel.v1 import token_pb2_grpc
+from satchel.v1 import authorization_pb2_grpc, token_pb2_grpc
 
 Stub = Callable[[Any], Any]  # a generated stub class, called with a channel
 Metadata = Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]
 Timeout = float | timedelta
 # The stubs of every service the clients call.
-_STUBS: tuple[Stub, ...] = (*(kind.stub for kind in kinds.ALL), token_pb2_grpc.TokenServiceStub)
+_STUBS: tuple[Stub, ...] = (
+    *(kind.stub for kind in kinds.ALL),
+    token_pb2_grpc.TokenServiceStub,
+    authorization_pb2_grpc.AuthorizationServiceStub,
+)
 
 # A read that fails with UNAVAILABLE (the server restarting, a connection lost) is tried again, up
 # to RETRY_ATTEMPTS times in all, after exponential backoff with full jitter: a random wait of up

@@ -6,18 +6,34 @@ from __future__ import annotations
 from grpc_health.v1 import health, health_pb2_grpc
 
 from satchel.kinds import ALL
-from satchel.v1 import secret_pb2_grpc, service_account_pb2_grpc, token_pb2, token_pb2_grpc, workload_pb2_grpc
+from satchel.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
+    secret_pb2_grpc,
+    service_account_pb2_grpc,
+    token_pb2,
+    token_pb2_grpc,
+    workload_pb2_grpc,
+)
 
 from . import _reflection
 from ._crud import Crud
 from ._guard import Guard
 from ._health import HealthService
 from ._methods import MethodTable
-from ._services import SecretService, ServiceAccountService, TokenService, WorkloadService, unknown_method
+from ._services import (
+    AuthorizationService,
+    SecretService,
+    ServiceAccountService,
+    TokenService,
+    WorkloadService,
+    unknown_method,
+)
 
 SERVICE_NAMES = (
     *(kind.service for kind in ALL),
     token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name,
 )
 
 
@@ -28,6 +44,7 @@ def method_table(crud: Crud, guard: Guard, health_service: HealthService) -> Met
     secret_pb2_grpc.add_SecretServiceServicer_to_server(SecretService(crud), guarded)
     workload_pb2_grpc.add_WorkloadServiceServicer_to_server(WorkloadService(crud), guarded)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(), guarded)
+    authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(AuthorizationService(crud.authorizer), guarded)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, methods.registrar())
     _reflection.enable(methods.registrar(), (*SERVICE_NAMES, health.SERVICE_NAME))
     return methods

@@ -6,6 +6,8 @@ from __future__ import annotations
 import grpc
 
 from satchel.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
     secret_pb2,
     secret_pb2_grpc,
     service_account_pb2,
@@ -15,8 +17,10 @@ from satchel.v1 import (
     workload_pb2_grpc,
 )
 
+from ..auth import RESOURCES, VERBS, Authorizer
 from ..errors import Unimplemented
-from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, shown
+from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Violations, shown
+from . import _guard
 from ._crud import Crud
 
 
@@ -130,3 +134,26 @@ class TokenService(token_pb2_grpc.TokenServiceServicer):
 
     async def GetPublicKeys(self, request, context):
         raise _later("GetPublicKeys")
+
+
+class AuthorizationService(authorization_pb2_grpc.AuthorizationServiceServicer):
+    """Answers for the caller itself (like Kubernetes' SelfSubjectAccessReview):
+    any authenticated principal may ask, so the call is never PERMISSION_DENIED."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+
+    async def CheckAccess(self, request, context):
+        req = _guard.current()
+        req.decision = "allow"  # asking about oneself needs only authentication
+        verb, resource, namespace, name = request.verb, request.resource, request.namespace, request.name
+        bad = Violations()
+        if verb not in VERBS:
+            bad.add("verb", f"{shown(verb)} is not one of {', '.join(VERBS)}")
+        if resource not in RESOURCES:
+            bad.add("resource", f"{shown(resource)} is not one of {', '.join(RESOURCES)}")
+        bad.raise_if_any()
+        req.resource = f"{resource}/{namespace}/{name}" if name else f"{resource}/{namespace or '*'}"
+        why = self._authorizer.denial(_guard.principal(), verb, resource, namespace, name)
+        req.reason = f"answered no: {why}" if why else f"answered yes: {verb}"
+        return authorization_pb2.CheckAccessResponse(allowed=not why, reason=why)

@@ -7,9 +7,13 @@ services and watch views ask it, never the policy file.
 from __future__ import annotations
 
 from ..errors import PermissionDenied
-from ..model import SECRETS, shown
+from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, shown
 from ._identity import USER, Principal
 from ._policy import Policy
+
+# What a permission names: the verbs and resources of policy rules (DESIGN.md).
+VERBS = ("get", "list", "watch", "create", "update", "delete", "rotate", "read-data")
+RESOURCES = (SERVICE_ACCOUNTS, SECRETS, WORKLOADS)
 
 
 class Authorizer:
@@ -27,9 +31,17 @@ class Authorizer:
         `namespace` (an empty namespace: all of them); it sees shape otherwise."""
         return resource == SECRETS and self.allowed(principal, "read-data", SECRETS, namespace)
 
+    def denial(self, principal: Principal, verb: str, resource: str, namespace: str, name: str = "") -> str:
+        """Why `principal` may not do `verb` on `resource` in `namespace` (empty:
+        all of them); an empty string when it may."""
+        if self.allowed(principal, verb, resource, namespace):
+            return ""
+        where = f"{resource} in namespace {shown(namespace)}" if namespace else resource
+        return f"{principal} may not {verb} {where}"
+
     def check(self, principal: Principal, verb: str, resource: str, namespace: str, name: str = "") -> None:
         """Raises PermissionDenied unless allowed. Called before any lookup, so
         a denied caller never learns whether the object exists."""
-        if not self.allowed(principal, verb, resource, namespace):
-            where = f"{resource} in namespace {shown(namespace)}" if namespace else resource
-            raise PermissionDenied(f"{principal} may not {verb} {where}")
+        why = self.denial(principal, verb, resource, namespace, name)
+        if why:
+            raise PermissionDenied(why)
