@@ -314,3 +314,28 @@ async def test_dev_keeps_its_files_private(tmp_path) -> None:
     assert data.stat().st_mode & 0o777 == 0o700
     for name in ("satchel.db", "satchel.db-wal", "encryption.key", "policy.yaml", "audit.log"):
         assert modes.get(name) == 0o600, f"{name}: {oct(modes.get(name, 0))}"
+
+
+async def _stderr_says(tmp_path: Path, text: str) -> None:
+    """Waits, within STARTUP seconds, until the running satcheld's stderr holds `text`."""
+    (log,) = tmp_path.glob("satcheld-*.stderr")
+    deadline = asyncio.get_running_loop().time() + STARTUP
+    while text not in log.read_text(errors="replace"):
+        assert asyncio.get_running_loop().time() < deadline, f"satcheld never logged {text!r}"
+        await asyncio.sleep(0.05)  # polling a file for a line, bounded; not a synchronization by time
+
+
+async def test_sighup_reopens_the_audit_log_so_that_it_can_be_rotated(tmp_path) -> None:
+    data = tmp_path / "data"
+    async with satcheld(tmp_path, "--dev", "--data-dir", str(data), "--listen", "127.0.0.1:0") as srv:
+        async with _channel(srv.exports) as channel:
+            accounts = _accounts(channel)
+            await accounts.create(SERVICE_ACCOUNTS.make("before-rotation"))
+            (data / "audit.log").rename(data / "audit.log.1")  # what logrotate does first
+            srv.proc.send_signal(signal.SIGHUP)
+            await _stderr_says(tmp_path, "reopened the audit log")
+            await accounts.create(SERVICE_ACCOUNTS.make("after-rotation"))
+        rotated, fresh = (data / "audit.log.1").read_text(), (data / "audit.log").read_text()
+        assert "before-rotation" in rotated and "after-rotation" not in rotated
+        assert "after-rotation" in fresh and "before-rotation" not in fresh
+        assert stat.S_IMODE((data / "audit.log").stat().st_mode) == 0o600

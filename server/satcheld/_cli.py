@@ -162,6 +162,7 @@ async def _serve(config: ServerConfig, dev: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     server = Server(config)
     address = await server.start()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     print(f"listening on {address}", flush=True)
     if dev:
         print(_how_to_connect(config, address), flush=True)

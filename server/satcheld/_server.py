@@ -121,6 +121,20 @@ class Server:
         ]
         return self.address
 
+    def reload(self) -> None:
+        """What SIGHUP does: reopens the audit log, so that log rotation can move
+        the old file away. A file that cannot be opened keeps the old one in use."""
+        if self._audit is None:
+            return
+        try:
+            self._audit.reopen()
+        except OSError as e:
+            log.error(
+                "SIGHUP: cannot reopen the audit log %s (%s); still writing the old file", self._audit.path, e.strerror
+            )
+        else:
+            log.info("SIGHUP: reopened the audit log %s", self._audit.path)
+
     async def compact(self) -> int:
         """Forgets history beyond the configured age and count; returns the compact revision."""
         assert self._store is not None

@@ -42,9 +42,20 @@ class AuditLog:
     given request bodies, so never secret values."""
 
     def __init__(self, path: os.PathLike[str] | str | None) -> None:
-        self._fd = None if path is None else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.path = path
+        self._fd = None if path is None else _open(path)
         self._second = -1
         self._stamp = ""
+
+    def reopen(self) -> None:
+        """Opens the file at `path` afresh (after log rotation moved it away); on
+        OSError the old file stays in use and the error propagates."""
+        if self.path is None:
+            return
+        fd, old = _open(self.path), self._fd
+        self._fd = fd
+        if old is not None:
+            os.close(old)
 
     def _time(self) -> str:
         now = time.time()
@@ -79,3 +90,7 @@ class AuditLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _open(path: os.PathLike[str] | str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
