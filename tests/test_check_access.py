@@ -39,9 +39,9 @@ async def test_others_are_told_no_with_a_reason_never_refused(connect, pki, who:
     assert response.allowed is False
     assert response.reason == f'{principal} may not get secrets in namespace "prod"'
 
-    everywhere = await caller.CheckAccess(Request(verb="list", resource="workloads"))
+    everywhere = await caller.CheckAccess(Request(verb="list", resource="secrets"))
     assert everywhere.allowed is False
-    assert everywhere.reason == f"{principal} may not list workloads"
+    assert everywhere.reason == f"{principal} may not list secrets"
 
 
 async def test_a_bad_verb_and_resource_are_named_together(connect, pki) -> None:

@@ -17,12 +17,12 @@ def _secret(labels: dict[str, str], value: bytes = b"v") -> secret_pb2.Secret:
     return s
 
 
-def test_a_view_without_read_data_gets_the_shape_but_no_values() -> None:
+def test_an_event_without_read_data_gets_the_shape_but_no_values() -> None:
     secret = _secret({}, b"s3cr3t")
     blind = secret_pb2.WatchSecretsResponse.FromString(
-        encode(View("secrets", with_data=False), meta_pb2.EVENT_TYPE_ADDED, 7, secret)
+        encode("secrets", meta_pb2.EVENT_TYPE_ADDED, 7, secret, with_data=False)
     )
-    seeing = secret_pb2.WatchSecretsResponse.FromString(encode(View("secrets"), meta_pb2.EVENT_TYPE_ADDED, 7, secret))
+    seeing = secret_pb2.WatchSecretsResponse.FromString(encode("secrets", meta_pb2.EVENT_TYPE_ADDED, 7, secret, with_data=True))
     assert not blind.secret.data and [k.name for k in blind.secret.data_keys] == ["k"]
     assert seeing.secret.data["k"] == secret.data["k"]
     assert secret.data, "encoding for one view never changes the object the others share"

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 
 from ._config import ConfigError, ServerConfig, read_certificates, read_key
 from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, method_table
-from .auth import Authorizer, Policy
+from .auth import Authorizer, NodeGraph, Policy
 from .store import KeyRing, SqliteStore
 from .watch import WatchHub
 
@@ -51,6 +51,7 @@ class Server:
         self._grpc: aio.Server | None = None
         self._store: SqliteStore | None = None
         self.hub: WatchHub | None = None
+        self.authorizer: Authorizer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._audit: AuditLog | None = None
         self._health = HealthService()
@@ -94,13 +95,21 @@ class Server:
         except Exception as e:
             raise ConfigError(f"cannot open database {c.db}: {e}") from None
 
+        graph = NodeGraph()
+        await graph.load(self._store)
         self.hub = WatchHub(
             self._store,
+            graph=graph,
             bookmark_interval=c.bookmark_interval.total_seconds(),
             buffer_events=c.watch_buffer_events,
             buffer_bytes=c.watch_buffer_bytes,
         )
-        crud = Crud(self._store, self.hub, Authorizer(policy), PageTokens(keyring.derive("page-token")), c.trust_domain)
+        authorizer = self.authorizer = Authorizer(policy, graph)
+        hub = self.hub
+        authorizer.on_policy_change(
+            lambda: hub.rescope(lambda owner, view: authorizer.scope(owner, "watch", view.kind, view.namespace))
+        )
+        crud = Crud(self._store, self.hub, authorizer, PageTokens(keyring.derive("page-token")), c.trust_domain)
         methods = method_table(crud, Guard(self._audit, c.trust_domain), self._health)
         server = self._grpc = aio.server(handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None)
 

@@ -13,9 +13,9 @@ from google.protobuf import field_mask_pb2
 from satchel.v1 import service_account_pb2, workload_pb2
 
 from .. import model
-from ..auth import Authorizer
+from ..auth import Authorizer, Scope
 from ..errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
-from ..model import KINDS, SERVICE_ACCOUNTS, LabelSelector, R, Violations, shown
+from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, LabelSelector, R, Violations, shown
 from ..store import Store, Transaction
 from ..watch import View, WatchHub
 from . import _guard
@@ -48,8 +48,21 @@ class Crud:
             raise
         req.decision = "allow"
 
-    def _shows_data(self, kind: str, namespace: str) -> bool:
-        return self.authorizer.shows_data(_guard.principal(), kind, namespace)
+    def authorize_scope(self, verb: str, kind: str, namespace: str) -> Scope:
+        """For List and Watch: checks permission first, notes it for the audit
+        record, and returns what the caller sees."""
+        req = _guard.current()
+        req.resource = f"{kind}/{namespace or '*'}"
+        try:
+            scope = self.authorizer.check_scope(_guard.principal(), verb, kind, namespace)
+        except Exception:
+            req.decision = "deny"
+            raise
+        req.decision = "allow"
+        return scope
+
+    def _shows_data(self, kind: str, namespace: str, name: str) -> bool:
+        return self.authorizer.shows_data(_guard.principal(), kind, namespace, name)
 
     async def create(self, kind: str, obj: R) -> R:
         namespace = model.namespace_or_default(obj.metadata.namespace)
@@ -65,7 +78,7 @@ class Crud:
             return txn.put(obj)
 
         created = await self.store.write(write)
-        return model.visible(created, with_data=self._shows_data(kind, namespace))
+        return model.visible(created, with_data=self._shows_data(kind, namespace, created.metadata.name))
 
     def _ensure_service_account(self, txn: Transaction, workload: workload_pb2.Workload) -> None:
         """`default` is created on first use; any other account must exist."""
@@ -87,7 +100,7 @@ class Crud:
         Repeated reads are answered from the cache without leaving the event loop."""
         namespace = model.namespace_or_default(namespace)
         self.authorize("get", kind, namespace, name)
-        with_data = self._shows_data(kind, namespace)
+        with_data = self._shows_data(kind, namespace, name)
         key = (kind, namespace, name, with_data)
         cached = self._get_cache.get(key)
         if cached is not None:
@@ -107,7 +120,7 @@ class Crud:
         """A page of objects of `kind` for a ListXRequest, the next page's token
         and the revision the page was read at."""
         namespace = request.namespace
-        self.authorize("list", kind, namespace)
+        scope = self.authorize_scope("list", kind, namespace)
         query = (kind, namespace, request.label_selector)
         v = Violations()
         if namespace:
@@ -123,8 +136,8 @@ class Crud:
             after=after,
             limit=limit,
             max_bytes=MAX_PAGE_BYTES,
-            match=lambda obj: selector.matches(obj.metadata.labels),
-            with_data=self._shows_data(kind, namespace),
+            match=lambda obj: scope.admits(obj) and selector.matches(obj.metadata.labels),
+            with_data=scope.shows_data if kind == SECRETS else False,
         )
         token = ""
         if more and items:
@@ -169,7 +182,7 @@ class Crud:
             return txn.put(updated)
 
         stored = await self.store.write(write)
-        return model.visible(stored, with_data=self._shows_data(kind, namespace))
+        return model.visible(stored, with_data=self._shows_data(kind, namespace, name))
 
     async def watch(self, kind: str, request: Any) -> AsyncIterator[bytes]:
         """The serialized events of one Watch call (see WatchHub.stream), once the
@@ -177,7 +190,7 @@ class Crud:
         stream is returned as it is, so that each event passes through as few
         generator frames as possible on its way out."""
         namespace = request.namespace
-        self.authorize("watch", kind, namespace)
+        scope = self.authorize_scope("watch", kind, namespace)
         v = Violations()
         if namespace:
             v.collect(model.check_namespace_and_name, namespace)
@@ -193,8 +206,8 @@ class Crud:
                 v.add("since_revision", f"revision {since} is in the future (the latest is {latest})")
         v.raise_if_any()
         assert selector is not None
-        view = View(kind, namespace, selector, with_data=self._shows_data(kind, namespace))
-        return self.hub.stream(view, since_revision=since, send_initial=request.send_initial)
+        view = View(kind, namespace, selector, scope)
+        return self.hub.stream(view, since_revision=since, send_initial=request.send_initial, owner=_guard.principal())
 
     async def delete(self, kind: str, namespace: str, name: str, etag: str) -> None:
         namespace = model.namespace_or_default(namespace)

@@ -2,19 +2,29 @@
 certificate, the policy file, the authorizer. Knows no SQL and no service."""
 
 from ._authorizer import RESOURCES, VERBS, Authorizer
+from ._graph import Before, NodeBindings, NodeGraph, binding_of, undo_accounts, update_accounts
 from ._identity import NODE, SERVICE_ACCOUNT, USER, Principal, parse_spiffe_id, principal_from_certificate
 from ._policy import Policy, PolicyError
+from ._scope import EVERYTHING, Scope
 
 __all__ = [
+    "EVERYTHING",
     "NODE",
     "RESOURCES",
     "SERVICE_ACCOUNT",
     "USER",
     "VERBS",
     "Authorizer",
+    "Before",
+    "NodeBindings",
+    "NodeGraph",
     "Policy",
     "PolicyError",
     "Principal",
+    "Scope",
+    "binding_of",
     "parse_spiffe_id",
     "principal_from_certificate",
+    "undo_accounts",
+    "update_accounts",
 ]

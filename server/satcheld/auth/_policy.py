@@ -38,6 +38,16 @@ class Policy:
             log.warning("policy file %s: 'groups' and 'rules' are not enforced yet; only admins are allowed", path)
         return cls(admins=frozenset(admins))
 
+    # Placeholders until rules are read (the policy work replaces them): no rule grants anything.
+    def groups_of(self, user: str) -> frozenset[str]:
+        return frozenset()
+
+    def namespaces(self, subjects: frozenset[str], verb: str, resource: str) -> frozenset[str] | None:
+        return frozenset()
+
+    def allows(self, subjects: frozenset[str], verb: str, resource: str, namespace: str) -> bool:
+        return False
+
     @staticmethod
     def default_text(admin: str = "admin") -> str:
         return (

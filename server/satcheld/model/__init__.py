@@ -16,9 +16,11 @@ from ._fields import (
 )
 from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, R, Resource, copy_of, kind_name, kind_of
 from ._labels import LabelSelector, Requirement
+from ._references import BINDING_KINDS, Key, binding_changed, references
 from ._validation import MAX_OBJECT_BYTES, Violations, is_dns_label, is_dns_subdomain, shown
 
 __all__ = [
+    "BINDING_KINDS",
     "DEFAULT_NAMESPACE",
     "DEFAULT_SERVICE_ACCOUNT",
     "KINDS",
@@ -27,6 +29,7 @@ __all__ = [
     "SECRETS",
     "SERVICE_ACCOUNTS",
     "WORKLOADS",
+    "Key",
     "Kind",
     "LabelSelector",
     "R",
@@ -34,6 +37,7 @@ __all__ = [
     "Resource",
     "Violations",
     "apply_mask",
+    "binding_changed",
     "check_namespace_and_name",
     "copy_of",
     "is_dns_label",
@@ -44,6 +48,7 @@ __all__ = [
     "namespace_or_default",
     "prepare_create",
     "prepare_update",
+    "references",
     "same_content",
     "shown",
     "visible",

@@ -13,14 +13,15 @@ commit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from ..model import R, Resource
+from ..model import Key, R, Resource
 
 T = TypeVar("T")
 Match = Callable[[Resource], bool]
+Opens = bool | Match  # whether to open secret data: for all objects, or for those it admits
 Page = tuple[list[Resource], bool, int]  # the objects, whether more follow, the revision read at
 Snapshot = tuple[int, list[Resource]]  # the revision read at, the objects
 
@@ -35,6 +36,11 @@ class Change:
     type: int  # meta_pb2.EventType
     obj: Resource  # the new state; the last state for DELETED (secrets with data)
     prev: Resource | None  # the state before a MODIFIED or DELETED, without data
+    # For a change of what the object binds (model.binding_changed): every object
+    # it binds or bound that exists at this revision, in its state at this
+    # revision (secrets with data), so that views that follow bindings need no
+    # read of their own, live or in a replay.
+    related: tuple[Resource, ...] = ()
 
 
 Listener = Callable[[list[Change]], None]
@@ -91,7 +97,7 @@ class Store(Protocol):
         limit: int,
         max_bytes: int,
         match: Match = ...,
-        with_data: bool = True,
+        with_data: Opens = True,
     ) -> Page:
         """Up to `limit` objects after `after` in (namespace, name) order that
         `match`, fewer if they would pass `max_bytes` (never none); whether more
@@ -102,11 +108,24 @@ class Store(Protocol):
         """The matching objects of `kind` and the revision of that one consistent read."""
         ...
 
+    async def read(self, kind: str, keys: Iterable[Key], with_data: bool) -> Snapshot:
+        """The objects of `kind` with these keys that exist, and the revision of
+        that one consistent read."""
+        ...
+
     async def history(
-        self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
+        self,
+        kinds: str | tuple[str, ...],
+        after: int,
+        upto: int,
+        relevant: Callable[[Change], bool],
+        with_data: Opens,
+        *,
+        related: bool = False,
     ) -> History:
         """The compact revision (history after it is complete) and the `relevant`
-        changes of `kind` in revisions (after, upto], in order."""
+        changes of `kinds` in revisions (after, upto], in order; with their
+        `related` objects only if asked."""
         ...
 
     async def compact(self, *, keep_seconds: float, keep_events: int) -> int:

@@ -43,8 +43,16 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m2_related(db: sqlite_utils.Database) -> None:
+    # Rows of type REFERENCED follow a change of what an object binds: the state
+    # of each object it binds at that revision (`kind` is the change's kind,
+    # `ref_kind` the bound object's).
+    db.table("events").add_column("ref_kind", str)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial", _m1_initial),
+    (2, "related objects in history", _m2_related),
 ]
 
 

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +36,9 @@ import sqlite_utils
 from satchel.v1 import meta_pb2
 
 from ..errors import DataLoss, NotFound, Unavailable
-from ..model import KINDS, R, Resource, copy_of, kind_name
+from ..model import KINDS, SERVICE_ACCOUNTS, Key, R, Resource, binding_changed, copy_of, kind_name, references
 from ._codec import Codec
-from ._interface import Change, History, Listener, Match, Page, Snapshot, Transaction
+from ._interface import Change, History, Listener, Match, Opens, Page, Snapshot, Transaction
 from ._keyring import KeyRing
 from ._migrations import connect, migrate
 
@@ -56,7 +56,10 @@ def etag_of(uid: str, resource_version: int) -> str:
     return hashlib.blake2b(f"{uid}/{resource_version}".encode(), digest_size=8).hexdigest()
 
 
-_Key = tuple[str, str, str]  # kind, namespace, name
+_Key = Key
+# The type of a history row holding an object a change binds (never sent: an
+# EventType is never negative).
+REFERENCED = -1
 _SELECT_ROW = "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
 
 
@@ -86,7 +89,7 @@ class _Batch:
         self.db = db
         self.revision = revision
         self.objects: dict[_Key, _Row | None] = {}  # the final row per written key; None: deleted
-        self.events: list[tuple] = []
+        self.events: list[list[Any]] = []
         self.changes: list[Change] = []
         self._read: dict[_Key, tuple[bytes, bytes | None] | None] = {}  # as SQLite had them before this batch
 
@@ -119,8 +122,8 @@ class _Batch:
             conn.executemany("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", deletes)
         if self.events:
             conn.executemany(
-                "INSERT INTO events (revision, seq, time_ns, kind, type, body, sealed, prev_body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (revision, seq, time_ns, kind, type, body, sealed, prev_body, ref_kind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self.events,
             )
             conn.execute("UPDATE state SET revision=? WHERE id=1", (self.revision,))
@@ -139,7 +142,7 @@ class Txn:
         self.now_ns = time.time_ns()
         self.changes: list[Change] = []
         self.objects: dict[_Key, _Row | None] = {}
-        self.events: list[tuple] = []
+        self.events: list[list[Any]] = []
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -210,17 +213,49 @@ class Txn:
     ) -> None:
         self.changes.append(Change(self.revision, kind, event_type, obj, prev))
         self.events.append(
-            (
+            [
                 self.revision,
-                len(self.changes),
+                0,  # seq, numbered by finish()
                 self.now_ns,
                 kind,
                 event_type,
                 body,
                 sealed,
                 None if prev is None else prev.SerializeToString(),
-            )
+                None,
+            ]
         )
+
+    def finish(self) -> None:
+        """Once the write function has returned: each change of what an object
+        binds gets the objects it binds or bound, as this transaction leaves
+        them, recorded after it in history and attached to it for listeners."""
+        events: list[list[Any]] = []
+        for i, (change, event) in enumerate(zip(self.changes, self.events, strict=True)):
+            events.append(event)
+            now = None if change.type == meta_pb2.EVENT_TYPE_DELETED else change.obj
+            if not binding_changed(change.prev, now):
+                continue
+            related = []
+            for key in sorted(self._closure(references(now) | references(change.prev))):
+                row = self._row(key)
+                if row is None:
+                    continue
+                related.append(self._codec.decode(key[0], row[0], row[1]))
+                events.append([self.revision, 0, self.now_ns, change.kind, REFERENCED, row[0], row[1], None, key[0]])
+            self.changes[i] = dataclasses.replace(change, related=tuple(related))
+        for seq, event in enumerate(events, 1):
+            event[1] = seq
+        self.events = events
+
+    def _closure(self, keys: frozenset[Key]) -> set[Key]:
+        """`keys` and what the accounts among them bind, as this transaction leaves them."""
+        found = set(keys)
+        for key in keys:
+            row = self._row(key) if key[0] == SERVICE_ACCOUNTS else None
+            if row is not None:
+                found |= references(self._codec.decode(key[0], row[0], None, with_data=False))
+        return found
 
 
 @dataclass
@@ -325,6 +360,7 @@ class SqliteStore:
                 txn = Txn(batch, self._codec)
                 try:
                     result = job.fn(txn)
+                    txn.finish()
                 except sqlite3.Error:
                     raise
                 except Exception as e:  # the job's own failure: none of its writes were applied
@@ -397,12 +433,12 @@ class SqliteStore:
         limit: int,
         max_bytes: int,
         match: Match = lambda _obj: True,
-        with_data: bool = True,
+        with_data: Opens = True,
     ) -> Page:
         """Up to `limit` matching objects after `after` in (namespace, name) order,
         and fewer if they would exceed `max_bytes` (never none, so a page always
         makes progress); whether more follow, and the revision they were read at."""
-        return await self._read(self._list, kind, namespace, after, limit, max_bytes, match, with_data)
+        return await self._read(self._list, kind, namespace, after, limit, max_bytes, match, _opener(with_data))
 
     def _list(
         self,
@@ -412,7 +448,7 @@ class SqliteStore:
         limit: int,
         max_bytes: int,
         match: Match,
-        with_data: bool,
+        opens: Match,
     ) -> Page:
         db = self._reader()
         sql = "SELECT body, sealed FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
@@ -430,7 +466,7 @@ class SqliteStore:
                 obj = self._codec.decode(kind, body, None, with_data=False)
                 if not match(obj):
                     continue
-                if sealed is not None and with_data:
+                if sealed is not None and opens(obj):
                     obj = self._codec.decode(kind, body, sealed)
                 size += obj.ByteSize()
                 if len(found) == limit or (found and size > max_bytes):
@@ -459,38 +495,78 @@ class SqliteStore:
                 found.append(self._codec.decode(kind, body, sealed) if sealed and with_data else obj)
         return revision, found
 
+    async def read(self, kind: str, keys: Iterable[Key], with_data: bool) -> Snapshot:
+        """The objects of `kind` with these keys that exist, and the revision of
+        that one consistent read (a node's view of one kind, at one revision)."""
+        return await self._read(self._read_keys, kind, sorted(keys), with_data)
+
+    def _read_keys(self, kind: str, keys: Sequence[Key], with_data: bool) -> Snapshot:
+        db = self._reader()
+        with db.atomic():
+            revision = self._committed_revision(db)
+            rows = [db.execute(_SELECT_ROW, key).fetchone() for key in keys if key[0] == kind]
+        return revision, [self._codec.decode(kind, row[0], row[1], with_data) for row in rows if row is not None]
+
     async def history(
-        self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
+        self,
+        kinds: str | tuple[str, ...],
+        after: int,
+        upto: int,
+        relevant: Callable[[Change], bool],
+        with_data: Opens,
+        *,
+        related: bool = False,
     ) -> History:
         """The compact revision (history after it is complete) and the recorded
-        changes of `kind` in revisions (after, upto] that are `relevant`, in
-        order; data is opened only when asked for."""
-        return await self._read(self._history, kind, after, upto, relevant, with_data)
+        changes of `kinds` in revisions (after, upto] that are `relevant`, in
+        order, with their related objects if asked; data is opened only when
+        asked for (for every object, or for those `with_data` admits)."""
+        kinds = (kinds,) if isinstance(kinds, str) else kinds
+        return await self._read(self._history, kinds, after, upto, relevant, _opener(with_data), related)
 
     def _history(
-        self, kind: str, after: int, upto: int, relevant: Callable[[Change], bool], with_data: bool
+        self,
+        kinds: tuple[str, ...],
+        after: int,
+        upto: int,
+        relevant: Callable[[Change], bool],
+        opens: Match,
+        related: bool,
     ) -> History:
         db = self._reader()
+        marks = ",".join("?" * len(kinds))
         with db.atomic():
             compact = db.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
             rows = db.execute(
-                "SELECT revision, type, body, sealed, prev_body FROM events"
-                " WHERE kind=? AND revision > ? AND revision <= ? ORDER BY revision, seq",
-                (kind, after, upto),
+                "SELECT revision, kind, type, body, sealed, prev_body, ref_kind FROM events"
+                f" WHERE kind IN ({marks}) AND revision > ? AND revision <= ?"
+                + ("" if related else f" AND type != {REFERENCED}")
+                + " ORDER BY revision, seq",
+                (*kinds, after, upto),
             ).fetchall()
-        message = KINDS[kind].message
-        changes = []
-        for revision, event_type, body, sealed, prev in rows:
+        decode = self._codec.decode
+        changes: list[Change] = []
+        kept = False  # whether the last change read was relevant (its related rows follow it)
+        for revision, kind, event_type, body, sealed, prev, ref_kind in rows:
+            if event_type == REFERENCED:
+                if kept:
+                    obj = decode(ref_kind, body, None, with_data=False)
+                    if sealed is not None and opens(obj):
+                        obj = decode(ref_kind, body, sealed)
+                    last = changes[-1]
+                    changes[-1] = dataclasses.replace(last, related=(*last.related, obj))
+                continue
             change = Change(
                 revision,
                 kind,
                 event_type,
-                self._codec.decode(kind, body, None, with_data=False),
-                None if prev is None else cast(Resource, message.FromString(prev)),
+                decode(kind, body, None, with_data=False),
+                None if prev is None else cast(Resource, KINDS[kind].message.FromString(prev)),
             )
-            if relevant(change):
-                if sealed and with_data:
-                    change = dataclasses.replace(change, obj=self._codec.decode(kind, body, sealed))
+            kept = relevant(change)
+            if kept:
+                if sealed is not None and opens(change.obj):
+                    change = dataclasses.replace(change, obj=decode(kind, body, sealed))
                 changes.append(change)
         return compact, changes
 
@@ -550,6 +626,20 @@ class SqliteStore:
         self._writer.close()
         for db in self._all_readers:
             db.close()
+
+
+def _opener(with_data: Opens) -> Match:
+    if callable(with_data):
+        return with_data
+    return _ALWAYS if with_data else _NEVER
+
+
+def _ALWAYS(_obj: Resource) -> bool:
+    return True
+
+
+def _NEVER(_obj: Resource) -> bool:
+    return False
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -1,25 +1,32 @@
 """The watch hub: fans committed changes out to Watch streams.
 
 The store calls `publish` on the event loop after each commit, in revision
-order. Streams with the same view (kind, namespace, selector, data
-visibility) share one group, and an event is built and serialized once per
-group, not once per stream. Each stream has a bounded buffer; the hub never
-waits for a stream, and one that falls behind is cut off with
-RESOURCE_EXHAUSTED and resumes from its last revision.
+order. Streams with the same view (kind, namespace, selector, scope) share
+one group, and an event is built and serialized once per (event, data
+visibility), not once per stream. Views that follow a node's bindings are
+grouped by node: the hub first moves the node graph through the commit (it is
+the graph's one feed), then asks only the nodes the commit reaches. Each
+stream has a bounded buffer; the hub never waits for a stream, and one that
+falls behind is cut off with RESOURCE_EXHAUSTED and resumes from its last
+revision.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
-from ..errors import OutOfRange, SatchelError, Unavailable
-from ..model import KINDS
+from ..auth import NodeBindings, NodeGraph, Principal, Scope
+from ..errors import PermissionDenied, SatchelError, Unavailable
+from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS
 from ..store import Change, Store
+from . import _bindings
+from ._bindings import Digest, NodeStart, by_revision, compacted, encode_event, view_changes
 from ._subscription import Subscription
 from ._view import ADDED, BOOKMARK, SYNCED, View, encode
 
-_HISTORY_CHUNK = 1000
+_HISTORY_CHUNK = _bindings.HISTORY_CHUNK
+Groups = dict[View, set[Subscription]]
 
 
 class WatchHub:
@@ -27,15 +34,19 @@ class WatchHub:
         self,
         store: Store,
         *,
+        graph: NodeGraph | None = None,
         bookmark_interval: float = 10.0,
         buffer_events: int = 10_000,
         buffer_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._store = store
+        self._graph = graph if graph is not None else NodeGraph()
         self.bookmark_interval = bookmark_interval
         self._limits = (buffer_events, buffer_bytes)
         # kind -> view -> subscriptions with that view
-        self._groups: dict[str, dict[View, set[Subscription]]] = {k: {} for k in KINDS}
+        self._groups: dict[str, Groups] = {k: {} for k in KINDS}
+        # node -> view -> subscriptions: views that follow that node's bindings
+        self._nodes: dict[str, Groups] = {}
         self._closed: SatchelError | None = None
         store.add_listener(self.publish)
 
@@ -44,47 +55,109 @@ class WatchHub:
         return self._store.revision
 
     def streams(self) -> int:
-        return sum(len(subs) for groups in self._groups.values() for subs in groups.values())
+        return sum(len(subs) for _, subs in self._all_groups())
+
+    def _all_groups(self) -> Iterator[tuple[View, set[Subscription]]]:
+        for registry in (self._groups, self._nodes):
+            for groups in registry.values():
+                yield from groups.items()
 
     # -- fan-out ------------------------------------------------------------
 
     def publish(self, changes: list[Change]) -> None:
+        for group in by_revision(changes):
+            before = self._graph.apply(group)
+            self._publish_views(group)
+            if self._nodes:
+                self._publish_nodes(group, before)
+
+    def _publish_views(self, changes: list[Change]) -> None:
         for change in changes:
             encoded: dict[tuple[int, bool], bytes] = {}
+            secret = change.kind == SECRETS
             for view, subs in self._groups[change.kind].items():
                 event_type = view.event_for(change)
                 if event_type is None:
                     continue
-                key = (event_type, view.with_data)
+                with_data = secret and view.scope.shows_data(change.obj)
+                key = (event_type, with_data)
                 payload = encoded.get(key)
                 if payload is None:
-                    payload = encoded[key] = encode(view, event_type, change.revision, change.obj)
+                    payload = encoded[key] = encode(change.kind, event_type, change.revision, change.obj, with_data)
                 for sub in subs:
                     sub.push(change.revision, payload)
 
-    def _subscribe(self, view: View) -> Subscription:
+    def _publish_nodes(self, changes: list[Change], before: dict[str, dict]) -> None:
+        """The commit's events for the node views it reaches: nodes whose bindings
+        it changed and nodes that bind an account or secret it changed."""
+        reached = set(before)
+        referrers = self._graph.referrers
+        for change in changes:
+            if change.kind in (SECRETS, SERVICE_ACCOUNTS):
+                meta = change.obj.metadata
+                reached.update(referrers.get((change.kind, meta.namespace, meta.name), ()))
+        digest = Digest(changes)
+        encoded: dict[tuple[int, int, str], bytes] = {}  # (event type, id of the object, kind)
+        for node in reached:
+            groups = self._nodes.get(node)
+            if not groups:
+                continue
+            bindings = self._graph.nodes.get(node) or NodeBindings(node)
+            node_before = before.get(node, {})
+            for view, subs in groups.items():
+                for event_type, obj in view_changes(view, bindings, node_before, digest):
+                    key = (event_type, id(obj), view.kind)
+                    payload = encoded.get(key)
+                    if payload is None:
+                        payload = encoded[key] = encode_event(view, event_type, digest.revision, obj)
+                    for sub in subs:
+                        sub.push(digest.revision, payload)
+
+    def _registry(self, view: View) -> Groups:
+        if view.follows_bindings:
+            return self._nodes.setdefault(view.scope.node, {})
+        return self._groups[view.kind]
+
+    def _subscribe(self, view: View, owner: Principal | None) -> Subscription:
         if self._closed is not None:
             raise self._closed
         loop = asyncio.get_running_loop()
-        sub = Subscription(view, self.revision, self._limits, loop.time())
-        self._groups[view.kind].setdefault(view, set()).add(sub)
+        sub = Subscription(view, self.revision, self._limits, loop.time(), owner)
+        self._registry(view).setdefault(view, set()).add(sub)
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        group = self._groups[sub.view.kind]
-        subs = group.get(sub.view)
+        registry = self._registry(sub.view)
+        subs = registry.get(sub.view)
         if subs is not None:
             subs.discard(sub)
             if not subs:
-                del group[sub.view]
+                del registry[sub.view]
+        if sub.view.follows_bindings and not registry:
+            del self._nodes[sub.view.scope.node]
+
+    def rescope(self, scope_of: Callable[[Principal, View], Scope | None]) -> None:
+        """After a policy reload: each stream's view gets the scope its caller has
+        now. A stream whose caller may no longer watch ends with PERMISSION_DENIED;
+        one whose scope changed goes on with the new one (data included or not)."""
+        for view, subs in list(self._all_groups()):
+            for sub in list(subs):
+                if sub.owner is None:
+                    continue
+                scope = scope_of(sub.owner, view)
+                if scope is None:
+                    sub.fail(PermissionDenied(f"{sub.owner} may no longer watch {view.kind}; the policy changed"))
+                elif scope != view.scope:
+                    self._unsubscribe(sub)
+                    sub.view = View(view.kind, view.namespace, view.selector, scope)
+                    self._registry(sub.view).setdefault(sub.view, set()).add(sub)
 
     def close(self) -> None:
         """Ends every stream with UNAVAILABLE (the server is going away)."""
         self._closed = Unavailable("the server is shutting down; resume from the last revision received")
-        for groups in self._groups.values():
-            for subs in groups.values():
-                for sub in subs:
-                    sub.fail(self._closed)
+        for _, subs in self._all_groups():
+            for sub in subs:
+                sub.fail(self._closed)
 
     async def run_bookmarks(self) -> None:
         """Sends BOOKMARK to streams idle for about the bookmark interval. A stream
@@ -96,33 +169,42 @@ class WatchHub:
             await asyncio.sleep(tick)
             now, revision = loop.time(), self.revision
             encoded: dict[str, bytes] = {}
-            for kind, groups in self._groups.items():
-                for view, subs in groups.items():
-                    for sub in subs:
-                        if (
-                            sub.idle
-                            and now - sub.idle_since >= self.bookmark_interval - tick
-                            and revision >= sub.last_revision
-                        ):
-                            payload = encoded.get(kind)
-                            if payload is None:
-                                payload = encoded[kind] = encode(view, BOOKMARK, revision)
-                            sub.push(revision, payload, bookmark=True)
+            for view, subs in list(self._all_groups()):
+                for sub in subs:
+                    if (
+                        sub.idle
+                        and now - sub.idle_since >= self.bookmark_interval - tick
+                        and revision >= sub.last_revision
+                    ):
+                        payload = encoded.get(view.kind)
+                        if payload is None:
+                            payload = encoded[view.kind] = encode(view.kind, BOOKMARK, revision)
+                        sub.push(revision, payload, bookmark=True)
 
     # -- one stream -----------------------------------------------------------
 
-    async def stream(self, view: View, *, since_revision: int, send_initial: bool) -> AsyncIterator[bytes]:
+    async def stream(
+        self, view: View, *, since_revision: int, send_initial: bool, owner: Principal | None = None
+    ) -> AsyncIterator[bytes]:
         """The serialized events of one Watch call, in revision order, without
         gaps or duplicates between its initial part and the live tail. The
         request was validated by the caller (`since_revision` is not negative
-        and not beyond the committed revision)."""
-        sub = self._subscribe(view)  # first, so nothing committed from now on is missed
+        and not beyond the committed revision). `owner` is the caller, whose
+        scope a policy reload may change."""
+        sub = self._subscribe(view, owner)  # first, so nothing committed from now on is missed
+        # A view that follows bindings starts from the graph as it is now, at the
+        # subscription's revision: taken before anything awaits.
+        start = NodeStart(self._graph, view.scope.node, sub.floor) if view.follows_bindings else None
         loop = asyncio.get_running_loop()
         try:
+            initial: AsyncIterator[tuple[int, bytes]]
             if send_initial:
-                initial = self._initial(view)
+                initial = self._initial(view) if start is None else _bindings.initial(self._store, view, start)
             elif since_revision:
-                initial = self._replay(view, since_revision, upto=sub.floor)
+                if start is None:
+                    initial = self._replay(view, since_revision, upto=sub.floor)
+                else:
+                    initial = _bindings.replay(self._store, view, start, since_revision)
                 sub.floor = max(sub.floor, since_revision)  # committed but not yet published
             else:
                 initial = self._now(view, sub.floor)
@@ -145,29 +227,30 @@ class WatchHub:
     async def _now(self, view: View, revision: int) -> AsyncIterator[tuple[int, bytes]]:
         """A watch "from now" starts with BOOKMARK{now}, so that its client knows
         where to resume even if the stream breaks before any change."""
-        yield revision, encode(view, BOOKMARK, revision)
+        yield revision, encode(view.kind, BOOKMARK, revision)
 
     async def _initial(self, view: View) -> AsyncIterator[tuple[int, bytes]]:
-        revision, objects = await self._store.snapshot(view.kind, view.matches, view.with_data)
+        scope = view.scope
+        revision, objects = await self._store.snapshot(view.kind, view.matches, view.kind == SECRETS)
         for obj in objects:
-            yield revision, encode(view, ADDED, revision, obj)
-        yield revision, encode(view, SYNCED, revision)
+            yield revision, encode(view.kind, ADDED, revision, obj, scope.shows_data(obj))
+        yield revision, encode(view.kind, SYNCED, revision)
 
     async def _replay(self, view: View, since: int, *, upto: int) -> AsyncIterator[tuple[int, bytes]]:
         after = since
+        scope = view.scope
         while after < upto:
             last = min(upto, after + _HISTORY_CHUNK)
-            compact, changes = await self._store.history(view.kind, after, last, _has_event_for(view), view.with_data)
+            compact, changes = await self._store.history(view.kind, after, last, _has_event_for(view), scope.shows_data)
             if after < compact:  # events after `after` are gone; those up to it were sent
-                raise OutOfRange(
-                    f"revision {after} has been compacted (history starts after {compact}); list again",
-                    reason="REVISION_COMPACTED",
-                    metadata={"compact_revision": str(compact)},
-                )
+                raise compacted(after, compact)
             for change in changes:
                 event_type = view.event_for(change)
                 if event_type is not None:
-                    yield change.revision, encode(view, event_type, change.revision, change.obj)
+                    yield (
+                        change.revision,
+                        encode(view.kind, event_type, change.revision, change.obj, scope.shows_data(change.obj)),
+                    )
             after = last
 
 

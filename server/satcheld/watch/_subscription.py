@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
+from ..auth import Principal
 from ..errors import ResourceExhausted, SatchelError
 from ._view import View
 
@@ -13,10 +14,24 @@ from ._view import View
 class Subscription:
     """One stream's bounded buffer of (revision, serialized event, is a bookmark)."""
 
-    __slots__ = ("_bytes", "_failure", "_items", "_limits", "_waiter", "floor", "idle_since", "last_revision", "view")
+    __slots__ = (
+        "_bytes",
+        "_failure",
+        "_items",
+        "_limits",
+        "_waiter",
+        "floor",
+        "idle_since",
+        "last_revision",
+        "owner",
+        "view",
+    )
 
-    def __init__(self, view: View, floor: int, limits: tuple[int, int], now: float) -> None:
+    def __init__(
+        self, view: View, floor: int, limits: tuple[int, int], now: float, owner: Principal | None = None
+    ) -> None:
         self.view = view
+        self.owner = owner  # the caller, whose scope a policy reload may change
         self.floor = floor  # events at or below this revision were already sent
         self._items: collections.deque[tuple[int, bytes, bool]] = collections.deque()
         self._bytes = 0

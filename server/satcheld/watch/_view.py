@@ -1,4 +1,5 @@
-"""What one Watch stream sees (`View`) and its events, serialized once per view."""
+"""What one Watch stream sees (`View`) and its events, serialized once per
+(event, data visibility)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 
 from satchel.v1 import meta_pb2
 
+from ..auth import EVERYTHING, Scope
 from ..model import KINDS, LabelSelector, Resource, visible
 from ..store import Change
 
@@ -18,16 +20,25 @@ SYNCED = meta_pb2.EVENT_TYPE_SYNCED
 
 @dataclass(frozen=True)
 class View:
-    """What one stream may see. Streams with equal views share serialization."""
+    """What one stream asked for (kind, namespace, selector) within what its
+    caller may see (`scope`). Streams with equal views share serialization."""
 
     kind: str
     namespace: str = ""
     selector: LabelSelector = field(default_factory=LabelSelector)
-    with_data: bool = True
+    scope: Scope = EVERYTHING
 
-    def matches(self, obj: Resource) -> bool:
+    @property
+    def follows_bindings(self) -> bool:
+        return self.scope.follows_bindings(self.kind)
+
+    def asked_for(self, obj: Resource) -> bool:
+        """Whether `obj` is in the namespace and matches the selector asked for."""
         meta = obj.metadata
         return (not self.namespace or meta.namespace == self.namespace) and self.selector.matches(meta.labels)
+
+    def matches(self, obj: Resource) -> bool:
+        return self.asked_for(obj) and self.scope.admits(obj)
 
     def event_for(self, change: Change) -> int | None:
         """The event type this view sees for `change`: objects whose labels move
@@ -43,9 +54,11 @@ class View:
         return DELETED if before else None
 
 
-def encode(view: View, event_type: int, revision: int, obj: Resource | None = None) -> bytes:
-    kind = KINDS[view.kind]
+def encode(
+    kind_name: str, event_type: int, revision: int, obj: Resource | None = None, with_data: bool = False
+) -> bytes:
+    kind = KINDS[kind_name]
     response = kind.response_type("watch")(type=event_type, revision=revision)
     if obj is not None:
-        getattr(response, kind.field).CopyFrom(visible(obj, with_data=view.with_data))
+        getattr(response, kind.field).CopyFrom(visible(obj, with_data=with_data))
     return response.SerializeToString()
