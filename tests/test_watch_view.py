@@ -22,7 +22,9 @@ def test_an_event_without_read_data_gets_the_shape_but_no_values() -> None:
     blind = secret_pb2.WatchSecretsResponse.FromString(
         encode("secrets", meta_pb2.EVENT_TYPE_ADDED, 7, secret, with_data=False)
     )
-    seeing = secret_pb2.WatchSecretsResponse.FromString(encode("secrets", meta_pb2.EVENT_TYPE_ADDED, 7, secret, with_data=True))
+    seeing = secret_pb2.WatchSecretsResponse.FromString(
+        encode("secrets", meta_pb2.EVENT_TYPE_ADDED, 7, secret, with_data=True)
+    )
     assert not blind.secret.data and [k.name for k in blind.secret.data_keys] == ["k"]
     assert seeing.secret.data["k"] == secret.data["k"]
     assert secret.data, "encoding for one view never changes the object the others share"
