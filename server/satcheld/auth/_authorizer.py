@@ -7,17 +7,19 @@ services and watch views ask it, never the policy file.
 from __future__ import annotations
 
 from ..errors import PermissionDenied
-from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, shown
+from ..model import SECRETS, shown
 from ._identity import USER, Principal
+from ._policy import RESOURCES as RESOURCES  # what a permission names: defined by the policy
+from ._policy import VERBS as VERBS
 from ._policy import Policy
-
-# What a permission names: the verbs and resources of policy rules (DESIGN.md).
-VERBS = ("get", "list", "watch", "create", "update", "delete", "rotate", "read-data")
-RESOURCES = (SERVICE_ACCOUNTS, SECRETS, WORKLOADS)
 
 
 class Authorizer:
     def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def set_policy(self, policy: Policy) -> None:
+        """Puts a reloaded policy file in force (SIGHUP)."""
         self.policy = policy
 
     def is_admin(self, principal: Principal) -> bool:
