@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 
 from ._config import ConfigError, ServerConfig, read_certificates, read_key
 from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, method_table
-from .auth import Authorizer, NodeGraph, Policy
+from .auth import Authorizer, NodeGraph, Policy, PolicyError
 from .store import KeyRing, SqliteStore
 from .watch import WatchHub
 
@@ -51,9 +51,9 @@ class Server:
         self._grpc: aio.Server | None = None
         self._store: SqliteStore | None = None
         self.hub: WatchHub | None = None
-        self.authorizer: Authorizer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._audit: AuditLog | None = None
+        self._authorizer: Authorizer | None = None
         self._health = HealthService()
         self.address = ""
 
@@ -104,7 +104,7 @@ class Server:
             buffer_events=c.watch_buffer_events,
             buffer_bytes=c.watch_buffer_bytes,
         )
-        authorizer = self.authorizer = Authorizer(policy, graph)
+        authorizer = self._authorizer = Authorizer(policy, graph)
         hub = self.hub
         authorizer.on_policy_change(
             lambda: hub.rescope(lambda owner, view: authorizer.scope(owner, "watch", view.kind, view.namespace))
@@ -132,17 +132,27 @@ class Server:
 
     def reload(self) -> None:
         """What SIGHUP does: reopens the audit log, so that log rotation can move
-        the old file away. A file that cannot be opened keeps the old one in use."""
-        if self._audit is None:
-            return
-        try:
-            self._audit.reopen()
-        except OSError as e:
-            log.error(
-                "SIGHUP: cannot reopen the audit log %s (%s); still writing the old file", self._audit.path, e.strerror
-            )
-        else:
-            log.info("SIGHUP: reopened the audit log %s", self._audit.path)
+        the old file away, and re-reads the policy file. A file that cannot be
+        opened or read keeps the old one in use, and the log says why."""
+        if self._audit is not None:
+            try:
+                self._audit.reopen()
+            except OSError as e:
+                log.error(
+                    "SIGHUP: cannot reopen the audit log %s (%s); still writing the old file",
+                    self._audit.path,
+                    e.strerror,
+                )
+            else:
+                log.info("SIGHUP: reopened the audit log %s", self._audit.path)
+        if self._authorizer is not None:
+            try:
+                policy = Policy.load(self.config.policy)
+            except PolicyError as e:
+                log.error("SIGHUP: kept the old policy: %s", e)
+            else:
+                self._authorizer.set_policy(policy)
+                log.info("SIGHUP: reloaded the policy file %s", self.config.policy)
 
     async def compact(self) -> int:
         """Forgets history beyond the configured age and count; returns the compact revision."""
@@ -177,3 +187,4 @@ class Server:
         if self._audit is not None:
             self._audit.close()
             self._audit = None
+        self._authorizer = None

@@ -1,10 +1,10 @@
 """Who is calling and what they may do: the principal from the verified client
 certificate, the policy file, the authorizer. Knows no SQL and no service."""
 
-from ._authorizer import RESOURCES, VERBS, Authorizer
+from ._authorizer import Authorizer
 from ._graph import Before, NodeBindings, NodeGraph, binding_of, undo_accounts, update_accounts
 from ._identity import NODE, SERVICE_ACCOUNT, USER, Principal, parse_spiffe_id, principal_from_certificate
-from ._policy import Policy, PolicyError
+from ._policy import RESOURCES, VERBS, Policy, PolicyError, Rule
 from ._scope import EVERYTHING, Scope
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Principal",
+    "Rule",
     "Scope",
     "binding_of",
     "parse_spiffe_id",

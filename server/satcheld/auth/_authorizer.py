@@ -15,12 +15,10 @@ from ..errors import PermissionDenied
 from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, shown
 from ._graph import NodeGraph
 from ._identity import NODE, SERVICE_ACCOUNT, USER, Principal
+from ._policy import RESOURCES as RESOURCES  # what a permission names: defined by the policy
+from ._policy import VERBS as VERBS
 from ._policy import Policy
 from ._scope import EVERYTHING, Scope
-
-# What a permission names: the verbs and resources of policy rules (DESIGN.md).
-VERBS = ("get", "list", "watch", "create", "update", "delete", "rotate", "read-data")
-RESOURCES = (SERVICE_ACCOUNTS, SECRETS, WORKLOADS)
 
 # What the node authorizer grants a node, per resource: workloads are its own
 # by `node_name`; accounts and secrets are those its workloads bind.
@@ -51,14 +49,7 @@ class Authorizer:
 
     def _subjects_of(self, principal: Principal) -> frozenset[str]:
         """The policy subjects that name `principal`: itself and its groups."""
-        subjects = {str(principal), "group:system:authenticated"}
-        if principal.kind == NODE:
-            subjects.add("group:system:nodes")
-        elif principal.kind == SERVICE_ACCOUNT:
-            subjects.update(("group:system:serviceaccounts", f"group:system:serviceaccounts:{principal.namespace}"))
-        else:
-            subjects.update(f"group:{g}" for g in self.policy.groups_of(principal.name))
-        return frozenset(subjects)
+        return self.policy.subjects_of(principal)
 
     # -- single objects -------------------------------------------------------
 
