@@ -194,7 +194,8 @@ class WatchHub:
         sub = self._subscribe(view, owner)  # first, so nothing committed from now on is missed
         # A view that follows bindings starts from the graph as it is now, at the
         # subscription's revision: taken before anything awaits.
-        start = NodeStart(self._graph, view.scope.node, sub.floor) if view.follows_bindings else None
+        replays = send_initial or since_revision
+        start = NodeStart(self._graph, view.scope.node, sub.floor) if view.follows_bindings and replays else None
         loop = asyncio.get_running_loop()
         try:
             initial: AsyncIterator[tuple[int, bytes]]
