@@ -120,7 +120,12 @@ class SecretServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchSecrets(self, request, context):
-        """Streams changes to the secrets the caller may see.
+        """Streams changes to the secrets the caller may see. A node sees the secrets
+        its workloads list and those their service accounts list, with data: a
+        secret that becomes bound to it (a workload created on or moved to it, a
+        list that gains the secret) is ADDED at the revision of that write, and one
+        that stops being bound is DELETED (without data), though the secret itself
+        did not change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

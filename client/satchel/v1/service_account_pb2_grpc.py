@@ -114,7 +114,9 @@ class ServiceAccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchServiceAccounts(self, request, context):
-        """Streams changes to the service accounts the caller may see.
+        """Streams changes to the service accounts the caller may see. A node sees
+        the accounts its workloads use, ADDED and DELETED as workloads start and
+        stop using them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -108,7 +108,9 @@ class WorkloadServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchWorkloads(self, request, context):
-        """Streams changes to the workloads the caller may see.
+        """Streams changes to the workloads the caller may see. A node sees the
+        workloads whose `node_name` is its name: one moved to it is ADDED, one
+        moved away DELETED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
