@@ -14,12 +14,12 @@ from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
 from satchel import kinds
-from satchel.v1 import authorization_pb2, meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2
+from satchel.v1 import admin_pb2, authorization_pb2, meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2
 
 # Every RPC of every Satchel service, by full method name, from the proto descriptors.
 METHODS = {
     f"/{service.full_name}/{method.name}": method
-    for module in (authorization_pb2, meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2)
+    for module in (admin_pb2, authorization_pb2, meta_pb2, secret_pb2, service_account_pb2, token_pb2, workload_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 }

@@ -48,6 +48,8 @@ WRITES = {
     "CreateWorkload": ("create_workload", ("w",), {"node_name": "n1"}),
     "UpdateWorkload": ("update_workload", ("w",), {"node_name": "n2"}),
     "DeleteWorkload": ("delete_workload", ("w",), {}),
+    "ResealSecrets": ("reseal_secrets", (), {}),
+    "RotateSigningKey": ("rotate_signing_key", (), {}),
 }
 
 

@@ -14,6 +14,7 @@ from kinds import SECRETS, hashed
 from tools import grpcurl as _grpcurl
 
 SERVICES = {
+    "satchel.v1.AdminService",
     "satchel.v1.AuthorizationService",
     "satchel.v1.ServiceAccountService",
     "satchel.v1.SecretService",

@@ -110,6 +110,7 @@ SERVICES = {
     ),
     "TokenService": ("token_pb2", ["ReviewToken", "GetPublicKeys"]),
     "AuthorizationService": ("authorization_pb2", ["CheckAccess"]),
+    "AdminService": ("admin_pb2", ["ResealSecrets", "RotateSigningKey"]),
 }
 
 RPCS = [(service, module, rpc) for service, (module, rpcs) in SERVICES.items() for rpc in rpcs]

@@ -105,6 +105,9 @@ class Client:
 
     check_access = unary(_requests.check_access)
 
+    reseal_secrets = unary(_requests.reseal_secrets)
+    rotate_signing_key = unary(_requests.rotate_signing_key)
+
 
 class AsyncClient:
     """An asyncio Satchel client over one `grpc.aio` channel, bound to the loop that first uses it.
@@ -173,3 +176,6 @@ class AsyncClient:
     get_public_keys = async_unary(_requests.get_public_keys)
 
     check_access = async_unary(_requests.check_access)
+
+    reseal_secrets = async_unary(_requests.reseal_secrets)
+    rotate_signing_key = async_unary(_requests.rotate_signing_key)

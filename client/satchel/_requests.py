@@ -23,6 +23,8 @@ from google.protobuf.message import Message
 from satchel._transport import Metadata, Stub, Timeout
 from satchel.kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
 from satchel.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     authorization_pb2,
     authorization_pb2_grpc,
     meta_pb2,
@@ -565,6 +567,24 @@ def check_access(
     request = authorization_pb2.CheckAccessRequest(verb=verb, resource=resource, namespace=namespace, name=name)
     stub = authorization_pb2_grpc.AuthorizationServiceStub
     return UnaryCall(stub, "CheckAccess", request, _itself, read=True, **options)
+
+
+def reseal_secrets(**options: Unpack[CallOptionsArgs]) -> UnaryCall[admin_pb2.ResealSecretsResponse]:
+    """Re-seal every stored secret under the primary encryption key (admins only).
+
+    Returns the response: `resealed` (how many sealed values) and `key_id` (the primary key).
+    """
+    request = admin_pb2.ResealSecretsRequest()
+    return UnaryCall(admin_pb2_grpc.AdminServiceStub, "ResealSecrets", request, _itself, **options)
+
+
+def rotate_signing_key(**options: Unpack[CallOptionsArgs]) -> UnaryCall[admin_pb2.RotateSigningKeyResponse]:
+    """Make a new token signing key (admins only); the old one keeps verifying its tokens.
+
+    Returns the response: `key_id`, the new key's `kid`.
+    """
+    request = admin_pb2.RotateSigningKeyRequest()
+    return UnaryCall(admin_pb2_grpc.AdminServiceStub, "RotateSigningKey", request, _itself, **options)
 
 
 # Argument helpers.

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from satchel import kinds
 from satchel._config import ClientConfig
 from satchel._errors import SatchelError, from_rpc_error
-from satchel.v1 import authorization_pb2_grpc, token_pb2_grpc
+from satchel.v1 import admin_pb2_grpc, authorization_pb2_grpc, token_pb2_grpc
 
 Stub = Callable[[Any], Any]  # a generated stub class, called with a channel
 Metadata = Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]
@@ -29,6 +29,7 @@ _STUBS: tuple[Stub, ...] = (
     *(kind.stub for kind in kinds.ALL),
     token_pb2_grpc.TokenServiceStub,
     authorization_pb2_grpc.AuthorizationServiceStub,
+    admin_pb2_grpc.AdminServiceStub,
 )
 
 # A read that fails with UNAVAILABLE (the server restarting, a connection lost) is tried again, up

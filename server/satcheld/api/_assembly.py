@@ -7,6 +7,8 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from satchel.kinds import ALL
 from satchel.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     authorization_pb2,
     authorization_pb2_grpc,
     secret_pb2_grpc,
@@ -22,6 +24,7 @@ from ._guard import Guard
 from ._health import HealthService
 from ._methods import MethodTable
 from ._services import (
+    AdminService,
     AuthorizationService,
     SecretService,
     ServiceAccountService,
@@ -34,6 +37,7 @@ SERVICE_NAMES = (
     *(kind.service for kind in ALL),
     token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
     authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -45,6 +49,7 @@ def method_table(crud: Crud, guard: Guard, health_service: HealthService) -> Met
     workload_pb2_grpc.add_WorkloadServiceServicer_to_server(WorkloadService(crud), guarded)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(), guarded)
     authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(AuthorizationService(crud.authorizer), guarded)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(crud), guarded)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, methods.registrar())
     _reflection.enable(methods.registrar(), (*SERVICE_NAMES, health.SERVICE_NAME))
     return methods

@@ -14,7 +14,7 @@ from satchel.v1 import service_account_pb2, workload_pb2
 
 from .. import model
 from ..auth import Authorizer, Scope
-from ..errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
+from ..errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, PermissionDenied
 from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, LabelSelector, R, Violations, shown
 from ..store import Store, Transaction
 from ..watch import View, WatchHub
@@ -46,6 +46,16 @@ class Crud:
         except Exception:
             req.decision = "deny"
             raise
+        req.decision = "allow"
+
+    def authorize_admin(self, action: str) -> None:
+        """For the AdminService: admins only, noted for the audit record."""
+        req = _guard.current()
+        req.resource = "admin"
+        principal = _guard.principal()
+        if not self.authorizer.is_admin(principal):
+            req.decision = "deny"
+            raise PermissionDenied(f"{principal} may not {action}: admins only")
         req.decision = "allow"
 
     def authorize_scope(self, verb: str, kind: str, namespace: str) -> Scope:

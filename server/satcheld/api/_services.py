@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 from satchel.v1 import (
+    admin_pb2_grpc,
     authorization_pb2,
     authorization_pb2_grpc,
     secret_pb2,
@@ -134,6 +135,21 @@ class TokenService(token_pb2_grpc.TokenServiceServicer):
 
     async def GetPublicKeys(self, request, context):
         raise _later("GetPublicKeys")
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    """Key maintenance, for admins only."""
+
+    def __init__(self, crud: Crud) -> None:
+        self._r = crud
+
+    async def ResealSecrets(self, request, context):
+        self._r.authorize_admin("reseal")
+        raise _later("ResealSecrets")
+
+    async def RotateSigningKey(self, request, context):
+        self._r.authorize_admin("rotate-signing-key")
+        raise _later("RotateSigningKey")
 
 
 class AuthorizationService(authorization_pb2_grpc.AuthorizationServiceServicer):
