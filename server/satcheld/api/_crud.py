@@ -41,6 +41,7 @@ class Crud:
         """Checks permission before anything else, and notes it for the audit record."""
         req = _guard.current()
         req.resource = f"{kind}/{namespace}/{name}" if name else f"{kind}/{namespace or '*'}"
+        req.verb = verb
         try:
             self.authorizer.check(_guard.principal(), verb, kind, namespace, name)
         except Exception:
