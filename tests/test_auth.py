@@ -18,6 +18,7 @@ from conftest import Stubs, mint, secure_channel
 from cryptography import x509
 from failures import failure
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
 from watchkit import running
 
@@ -159,6 +160,22 @@ async def test_non_admins_are_denied_every_crud_rpc(connect, pki, admin, who: st
 # -- audit ---------------------------------------------------------------------------------
 
 
+RECORD_FIELDS = [
+    "time",
+    "request_id",
+    "principal",
+    "token",
+    "method",
+    "resource",
+    "verb",
+    "decision",
+    "reason",
+    "code",
+    "stage",
+    "duration_ms",
+]
+
+
 def _records(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -198,25 +215,30 @@ async def test_audit_one_record_per_request(connect, pki, admin, server) -> None
     assert [r["request_id"] for r in records] == [rid for rid, _ in steps], "one record per request, in order"
     by_id = {r["request_id"]: r for r in records}
     secret_rpc = "/satchel.v1.SecretService/"
+    admin_, alice_, ok = "user:admin", "user:alice", "OK"
     expected = {
-        "r-create": ("user:admin", secret_rpc + "CreateSecret", "secrets/default/audited", "allow", "OK"),
-        "r-get": ("user:admin", secret_rpc + "GetSecret", "secrets/default/audited", "allow", "OK"),
-        "r-list": ("user:admin", secret_rpc + "ListSecrets", "secrets/*", "allow", "OK"),
-        "r-missing": ("user:admin", secret_rpc + "GetSecret", "secrets/ops/absent", "allow", "NOT_FOUND"),
-        "r-invalid": ("user:admin", secret_rpc + "CreateSecret", "secrets/default/Bad", "allow", "INVALID_ARGUMENT"),
-        "r-update": ("user:admin", secret_rpc + "UpdateSecret", "secrets/default/audited", "allow", "OK"),
-        "r-denied": ("user:alice", secret_rpc + "GetSecret", "secrets/default/audited", "deny", "PERMISSION_DENIED"),
-        "r-delete": ("user:admin", secret_rpc + "DeleteSecret", "secrets/default/audited", "allow", "OK"),
+        "r-create": (admin_, secret_rpc + "CreateSecret", "secrets/default/audited", "create", "allow", ok),
+        "r-get": (admin_, secret_rpc + "GetSecret", "secrets/default/audited", "get", "allow", ok),
+        "r-list": (admin_, secret_rpc + "ListSecrets", "secrets/*", "list", "allow", ok),
+        "r-missing": (admin_, secret_rpc + "GetSecret", "secrets/ops/absent", "get", "allow", "NOT_FOUND"),
+        "r-invalid": (
+            admin_,
+            secret_rpc + "CreateSecret",
+            "secrets/default/Bad",
+            "create",
+            "allow",
+            "INVALID_ARGUMENT",
+        ),
+        "r-update": (admin_, secret_rpc + "UpdateSecret", "secrets/default/audited", "update", "allow", ok),
+        "r-denied": (alice_, secret_rpc + "GetSecret", "secrets/default/audited", "get", "deny", "PERMISSION_DENIED"),
+        "r-delete": (admin_, secret_rpc + "DeleteSecret", "secrets/default/audited", "delete", "allow", ok),
     }
-    for request_id, (principal, method, resource, decision, code) in expected.items():
+    for request_id, want in expected.items():
         r = by_id[request_id]
-        assert (r["principal"], r["method"], r["resource"], r["decision"], r["code"]) == (
-            principal,
-            method,
-            resource,
-            decision,
-            code,
-        ), request_id
+        assert list(r) == RECORD_FIELDS, request_id
+        assert (r["principal"], r["method"], r["resource"], r["verb"], r["decision"], r["code"]) == want, request_id
+        assert (r["stage"], r["token"]) == ("completed", ""), request_id
+        assert isinstance(r["duration_ms"], float) and r["duration_ms"] >= 0, request_id
         assert datetime.datetime.fromisoformat(r["time"]).tzinfo is not None
     assert "alice" in by_id["r-denied"]["reason"]
 
@@ -368,3 +390,139 @@ async def test_huge_caller_strings_make_bounded_records_and_messages_and_the_rig
     assert len(f.message) < 1024
     lines = server.config.audit_log.read_text().splitlines()
     assert lines and max(len(line) for line in lines) < 4096, "an audit record grew with the caller's strings"
+
+
+async def test_an_unwritable_log_refuses_a_stream_before_its_first_response(pki, tmp_path) -> None:
+    """A stream's first record is written once it is allowed and before anything
+    is sent: if it cannot be, the stream ends UNAVAILABLE (AUDIT_UNAVAILABLE)
+    where its first response would have been (a secret as ADDED, a health
+    status, the reflection answer)."""
+    data = tmp_path / "data"
+    async with running(pki, data) as server:
+        async with secure_channel(server.address, pki, pki.admin) as channel:
+            await SECRETS.api(Stubs.over(channel)).create(SECRETS.make("kept"))
+    async with running(pki, data, audit_log=Path("/dev/full")) as server:
+        async with secure_channel(server.address, pki, pki.admin) as channel:
+            streams = {
+                "WatchSecrets": Stubs.over(channel).secrets.WatchSecrets(
+                    secret_pb2.WatchSecretsRequest(send_initial=True)
+                ),
+                "Health/Watch": health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest()),
+                "reflection": channel.stream_stream(REFLECTION["v1"])(iter([LIST_SERVICES])),
+            }
+            for what, stream in streams.items():
+                f = await failure(stream.read(), Code.UNAVAILABLE)  # not the first response
+                assert f.info.reason == "AUDIT_UNAVAILABLE", what
+            assert server.hub is not None and server.hub.streams() == 0, "a refused watch kept its subscription"
+
+
+# -- health and reflection -------------------------------------------------------------------
+
+HEALTH = "/grpc.health.v1.Health/"
+REFLECTION = {v: f"/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo" for v in ("v1", "v1alpha")}
+LIST_SERVICES = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+
+
+def _list_services(channel: grpc.aio.Channel, version: str, md: tuple = ()) -> Awaitable[set[str]]:
+    async def call() -> set[str]:
+        stream = channel.stream_stream(REFLECTION[version])(iter([LIST_SERVICES]), metadata=md, timeout=CALL_TIMEOUT)
+        answers = [reflection_pb2.ServerReflectionResponse.FromString(raw) async for raw in stream]
+        return {s.name for answer in answers for s in answer.list_services_response.service}
+
+    return call()
+
+
+def _health_list(channel: grpc.aio.Channel, md: tuple = ()) -> Awaitable[bytes]:
+    return channel.unary_unary(HEALTH + "List")(b"", metadata=md, timeout=CALL_TIMEOUT)
+
+
+def _health_watch_first(channel: grpc.aio.Channel, md: tuple = ()) -> Awaitable[object]:
+    return health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), metadata=md).read()
+
+
+@pytest.mark.parametrize("who", ["admin", "no_spiffe", "other_domain"])
+async def test_health_check_answers_any_certificate_of_our_ca_and_is_not_audited(connect, pki, server, who) -> None:
+    """Load balancer probes: any verified client certificate, SPIFFE ID or not."""
+    health = health_pb2_grpc.HealthStub(connect(getattr(pki, who)).channel)
+
+    for service in ("", "satchel.v1.SecretService"):
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    assert _records(server.config.audit_log) == []
+
+
+CALLS_OPEN_TO_ALL = {
+    "Health/List": _health_list,
+    "Health/Watch": _health_watch_first,
+    "reflection v1": lambda ch, md=(): _list_services(ch, "v1", md),
+    "reflection v1alpha": lambda ch, md=(): _list_services(ch, "v1alpha", md),
+}
+METHOD_OF = {
+    "Health/List": HEALTH + "List",
+    "Health/Watch": HEALTH + "Watch",
+    "reflection v1": REFLECTION["v1"],
+    "reflection v1alpha": REFLECTION["v1alpha"],
+}
+
+
+@pytest.mark.parametrize("what", CALLS_OPEN_TO_ALL)
+@pytest.mark.parametrize("who", ["no_spiffe", "other_domain"])
+async def test_health_watch_list_and_reflection_need_a_spiffe_id(connect, pki, server, who: str, what: str) -> None:
+    stranger = connect(getattr(pki, who)).channel
+
+    f = await failure(CALLS_OPEN_TO_ALL[what](stranger, (("x-request-id", "r-stranger"),)), Code.UNAUTHENTICATED)
+
+    assert f.info.reason == "NO_SPIFFE_ID"
+    (record,) = _records(server.config.audit_log)
+    assert (record["request_id"], record["principal"], record["method"], record["code"], record["stage"]) == (
+        "r-stranger",
+        "",
+        METHOD_OF[what],
+        "UNAUTHENTICATED",
+        "completed",
+    )
+
+
+@pytest.mark.parametrize("who", ["alice", "node"])
+async def test_every_principal_may_use_health_and_reflection_and_each_call_is_audited(
+    connect, pki, server, who: str
+) -> None:
+    channel = connect(getattr(pki, who)).channel
+    principal = {"alice": "user:alice", "node": "node:n1"}[who]
+
+    statuses = health_pb2.HealthListResponse.FromString(await _health_list(channel, (("x-request-id", "r-list"),)))
+    assert statuses.statuses[""].status == health_pb2.HealthCheckResponse.SERVING
+    for version in REFLECTION:
+        assert "satchel.v1.SecretService" in await _list_services(channel, version, (("x-request-id", version),))
+    watch = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(), metadata=(("x-request-id", "r-watch"),)
+    )
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    records = _records(server.config.audit_log)  # read while the watch is open
+    watch.cancel()
+
+    seen = [(r["request_id"], r["stage"], r["method"], r["resource"], r["verb"], r["code"]) for r in records]
+    assert seen == [
+        ("r-list", "completed", HEALTH + "List", "health", "list", "OK"),
+        ("v1", "started", REFLECTION["v1"], "reflection", "get", "OK"),
+        ("v1", "completed", REFLECTION["v1"], "reflection", "get", "OK"),
+        ("v1alpha", "started", REFLECTION["v1alpha"], "reflection", "get", "OK"),
+        ("v1alpha", "completed", REFLECTION["v1alpha"], "reflection", "get", "OK"),
+        ("r-watch", "started", HEALTH + "Watch", "health", "watch", "OK"),
+    ]
+    assert {(r["principal"], r["decision"]) for r in records} == {(principal, "allow")}
+
+
+async def test_a_malformed_reflection_request_is_an_audited_invalid_argument(admin, server) -> None:
+    stream = admin.channel.stream_stream(REFLECTION["v1"])(
+        iter([b"\xff\xff\xff"]), metadata=(("x-request-id", "r-bad"),), timeout=CALL_TIMEOUT
+    )
+
+    f = await failure(stream.read(), Code.INVALID_ARGUMENT)
+
+    assert f.fields == ["request"]
+    assert [(r["request_id"], r["stage"], r["code"]) for r in _records(server.config.audit_log)] == [
+        ("r-bad", "started", "OK"),
+        ("r-bad", "completed", "INVALID_ARGUMENT"),
+    ]

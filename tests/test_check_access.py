@@ -105,6 +105,7 @@ async def test_each_check_is_audited_as_allowed_with_its_answer(connect, pki, se
         "OK",
     )
     assert "user:alice may not get secrets" in no["reason"]
+    assert (no["verb"], yes["verb"], bad["verb"]) == ("get", "list", "")  # the verb asked about, once valid
     assert (yes["principal"], yes["resource"], yes["decision"], yes["code"]) == (
         "user:admin",
         "workloads/*",

@@ -10,6 +10,8 @@ import pytest
 from failures import failure
 
 from satchel.v1 import secret_pb2
+from satcheld.api import AuditLog
+from satcheld.store import KeyRing
 
 # A GetSecretRequest whose `name` holds invalid UTF-8, and bytes that are no message at all.
 MALFORMED = {"bad-utf8": b"\x12\x02\xff\xfe", "garbage": b"\xff\xff\xff"}
@@ -48,6 +50,9 @@ async def test_a_bearer_token_is_refused_until_tokens_are_verified(server, admin
     (record,) = _audit(server)
     assert record["code"] == "UNAUTHENTICATED"
     assert "abc.def.ghi" not in server.config.audit_log.read_text()
+    # The token is in the record only as its HMAC, under a key the server's key ring derives.
+    key = KeyRing.load(server.config.encryption_key_file).derive("audit-token-hmac")
+    assert record["token"] == AuditLog(None, hmac_key=key).token_digest("abc.def.ghi")
 
 
 @pytest.mark.parametrize(

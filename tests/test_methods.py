@@ -4,13 +4,16 @@ answering through the real server."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import NamedTuple
 
 import grpc
 import pytest
+from conftest import secure_channel
 from google.protobuf import descriptor_pool, message_factory
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
+from watchkit import WAIT, running
 
 from satchel import from_rpc_error
 from satchel.v1 import secret_pb2, secret_pb2_grpc
@@ -123,3 +126,18 @@ async def test_health_lists_the_server_and_every_service_as_serving(admin) -> No
     raw = await admin.channel.unary_unary("/grpc.health.v1.Health/List")(b"", timeout=10)
     statuses = {name: s.status for name, s in health_pb2.HealthListResponse.FromString(raw).statuses.items()}
     assert statuses == {name: health_pb2.HealthCheckResponse.SERVING for name in ("", *SERVICE_NAMES)}
+
+
+async def test_health_watch_tells_of_a_graceful_shutdown(pki, tmp_path) -> None:
+    """Health/Watch sends the status again when it changes: stopping the server
+    turns every service NOT_SERVING while running calls finish."""
+    async with running(pki, tmp_path / "data") as server:
+        async with secure_channel(server.address, pki, pki.alice) as channel:
+            request = health_pb2.HealthCheckRequest(service="satchel.v1.SecretService")
+            watch = health_pb2_grpc.HealthStub(channel).Watch(request)
+            assert (await asyncio.wait_for(watch.read(), WAIT)).status == health_pb2.HealthCheckResponse.SERVING
+            stopping = asyncio.create_task(server.stop(WAIT))  # waits for the watch, which is open
+            changed = await asyncio.wait_for(watch.read(), WAIT)
+            assert changed.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+            await stopping

@@ -404,7 +404,7 @@ async def test_the_watch_resumes_after_the_server_cuts_it_off_for_falling_behind
         codes = [
             json.loads(line)["code"]
             for line in (data / "audit.log").read_text().splitlines()
-            if json.loads(line)["method"].endswith("/WatchSecrets")
+            if json.loads(line)["method"].endswith("/WatchSecrets") and json.loads(line)["stage"] == "completed"
         ]
         assert codes == ["RESOURCE_EXHAUSTED"], codes
     finally:

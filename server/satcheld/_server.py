@@ -87,7 +87,8 @@ class Server:
         except Exception as e:
             raise ConfigError(str(e)) from None
         try:
-            self._audit = AuditLog(c.audit_log)
+            # A key the ring derives: a token's HMAC in the records stays the same across restarts.
+            self._audit = AuditLog(c.audit_log, hmac_key=keyring.derive("audit-token-hmac"))
         except OSError as e:
             raise ConfigError(f"cannot open audit log {c.audit_log}: {e.strerror}") from None
         try:

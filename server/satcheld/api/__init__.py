@@ -1,7 +1,7 @@
-"""The gRPC API: the method table every call goes through, the guard around each
-Satchel method (request id, authentication, the one error map, audit), the
-services and the CRUD they share, health and reflection. Uses auth, watch and
-store; nothing below imports it."""
+"""The gRPC API: the method table every call goes through, the guard around every
+method but Health/Check (request id, authentication, the one error map, audit),
+the services and the CRUD they share, health and reflection. Uses auth, watch
+and store; nothing below imports it."""
 
 from ._assembly import SERVICE_NAMES, method_table
 from ._crud import Crud

@@ -1,9 +1,13 @@
-"""Every method the server serves, in one table: the Satchel services behind the
-guard, health and reflection beside them."""
+"""Every method the server serves, in one table, each behind the guard: the
+Satchel services, whose handlers ask the authorizer; health and reflection,
+open to every principal (`OPEN_TO_ALL`); and Health/Check, the one method left
+unguarded, so that probes with any certificate of the client CA are answered."""
 
 from __future__ import annotations
 
+import grpc
 from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from satchel.kinds import ALL
 from satchel.v1 import (
@@ -22,7 +26,7 @@ from . import _reflection
 from ._crud import Crud
 from ._guard import Guard
 from ._health import HealthService
-from ._methods import MethodTable
+from ._methods import MethodTable, Wrap
 from ._services import (
     AdminService,
     AuthorizationService,
@@ -41,6 +45,29 @@ SERVICE_NAMES = (
 )
 
 
+# Methods every authenticated principal may call, with the verb and resource
+# their audit records name. Health/Check is not among them: it is unguarded.
+OPEN_TO_ALL: dict[str, tuple[str, str]] = {
+    f"/{health.SERVICE_NAME}/Watch": ("watch", "health"),
+    f"/{health.SERVICE_NAME}/List": ("list", "health"),
+    f"/{reflection.SERVICE_NAME}/ServerReflectionInfo": ("get", "reflection"),
+    f"/{_reflection.V1_SERVICE}/ServerReflectionInfo": ("get", "reflection"),
+}
+PROBE = f"/{health.SERVICE_NAME}/Check"
+
+
+def _open_to_all(guard: Guard) -> Wrap:
+    """The guard for health and reflection. A method not in OPEN_TO_ALL fails
+    the server's start (KeyError) rather than being served unguarded."""
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if method == PROBE:
+            return handler
+        return guard.wrap(method, handler, allow_all=OPEN_TO_ALL[method])
+
+    return wrap
+
+
 def method_table(crud: Crud, guard: Guard, health_service: HealthService) -> MethodTable:
     methods = MethodTable(unknown=lambda method: guard.wrap(method, unknown_method(method)))
     guarded = methods.registrar(guard.wrap)
@@ -50,6 +77,7 @@ def method_table(crud: Crud, guard: Guard, health_service: HealthService) -> Met
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(), guarded)
     authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(AuthorizationService(crud.authorizer), guarded)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(crud), guarded)
-    health_pb2_grpc.add_HealthServicer_to_server(health_service, methods.registrar())
-    _reflection.enable(methods.registrar(), (*SERVICE_NAMES, health.SERVICE_NAME))
+    open_to_all = methods.registrar(_open_to_all(guard))
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, open_to_all)
+    _reflection.enable(open_to_all, (*SERVICE_NAMES, health.SERVICE_NAME))
     return methods

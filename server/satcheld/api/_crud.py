@@ -41,6 +41,7 @@ class Crud:
         """Checks permission before anything else, and notes it for the audit record."""
         req = _guard.current()
         req.resource = f"{kind}/{namespace}/{name}" if name else f"{kind}/{namespace or '*'}"
+        req.verb = verb
         try:
             self.authorizer.check(_guard.principal(), verb, kind, namespace, name)
         except Exception:
@@ -51,7 +52,7 @@ class Crud:
     def authorize_admin(self, action: str) -> None:
         """For the AdminService: admins only, noted for the audit record."""
         req = _guard.current()
-        req.resource = "admin"
+        req.resource, req.verb = "admin", action
         principal = _guard.principal()
         if not self.authorizer.is_admin(principal):
             req.decision = "deny"
@@ -63,6 +64,7 @@ class Crud:
         record, and returns what the caller sees."""
         req = _guard.current()
         req.resource = f"{kind}/{namespace or '*'}"
+        req.verb = verb
         try:
             scope = self.authorizer.check_scope(_guard.principal(), verb, kind, namespace)
         except Exception:

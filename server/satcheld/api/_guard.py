@@ -3,16 +3,26 @@
 1. a request id (the caller's `x-request-id`, or a new one), sent back in the
    trailers so that a call can be matched to its audit record;
 2. authentication: the principal from the client certificate's SPIFFE ID;
-3. the handler, which asks the authorizer and notes its decision;
-4. one audit record (`_audit.py`), written before the outcome leaves: before a unary
-   response is handed back to grpc, before an error status is sent, before a
-   stream's final status; so whoever learns the outcome finds the record;
+3. the handler, which asks the authorizer and notes its verb and decision;
+4. the audit record (`_audit.py`), written before the outcome leaves: before a
+   unary response is handed back to grpc, before an error status is sent, before
+   a stream's final status; so whoever learns the outcome finds the record. A
+   stream (server-streaming or bidirectional) has a first record too, once it is
+   allowed and before its first response, so that a server killed mid-stream
+   still leaves a record of what it began to send;
 5. the one error map: domain errors become statuses, anything else a bare INTERNAL.
 
 These are applied once per method as services are added to the server's
 method table (`Guard.wrap`), not by grpc.aio interceptors, whose per-call
-dispatch costs more than a small RPC itself. Health and reflection are
-infrastructure and are added unguarded.
+dispatch costs more than a small RPC itself.
+
+Health and reflection go through the guard too, open to every principal of the
+trust domain (`allow_all`): Health/Watch and Health/List are recorded with verb
+"watch" and "list" on resource "health", both reflection services (v1 and
+v1alpha) with verb "get" on resource "reflection" (see `_assembly.py`). Only
+`grpc.health.v1.Health/Check` is left unguarded and unaudited, so that a load
+balancer's probe with any certificate of the client CA, SPIFFE ID or not, is
+answered.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import inspect
 import itertools
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, cast
@@ -32,7 +43,7 @@ from grpc import aio
 
 from ..auth import Principal, principal_from_certificate
 from ..errors import InvalidArgument, SatchelError, Unauthenticated, Unavailable
-from ._audit import AuditLog, Request
+from ._audit import STARTED, AuditLog, Request
 from ._status import REQUEST_ID_KEY, Status, internal_status, status_of
 
 log = logging.getLogger("satcheld")
@@ -70,7 +81,7 @@ class Guard:
     def _begin(self, method: str, context: aio.ServicerContext, metadata: Any) -> Request:
         given = _metadata_value(metadata, REQUEST_ID_KEY)
         rid = given if given and _REQUEST_ID.fullmatch(given) else f"{_BOOT}-{next(_COUNTER)}"
-        req = Request(rid, method)
+        req = Request(rid, method, time.perf_counter())
         _current.set(req)
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         return req
@@ -79,8 +90,10 @@ class Guard:
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
             raise Unauthenticated("no client certificate was presented", reason="NO_CLIENT_CERTIFICATE")
-        for key, _ in metadata or ():
+        for key, value in metadata or ():
             if key in ("authorization", "authorization-bin"):
+                if isinstance(value, str) and value.startswith("Bearer "):
+                    req.token = value[len("Bearer ") :]  # the record shows which token, as its HMAC
                 # Until bearer tokens are verified, no `authorization` of any form
                 # (an empty one included) may run as the certificate's principal.
                 raise Unauthenticated(
@@ -90,13 +103,23 @@ class Guard:
         # Only the URI SAN names a SPIFFE ID; a CN or DNS name that looks like one does not.
         req.principal = principal_from_certificate(next(iter(pems)), self._trust_domain)
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler, *, allow_all: tuple[str, str] | None = None
+    ) -> grpc.RpcMethodHandler:
         """The handler with the guard around it. It takes the raw request bytes and
         parses them itself, so that a malformed request is an audited
-        INVALID_ARGUMENT like any other bad input, not grpc's bare UNKNOWN."""
+        INVALID_ARGUMENT like any other bad input, not grpc's bare UNKNOWN.
+
+        `allow_all=(verb, resource)` is for a method that every authenticated
+        principal may call (health, reflection): its handler asks no authorizer,
+        and its records say "allow" with this verb and resource."""
         audit = self._audit
-        begin, authenticate = self._begin, self._authenticate
+        begin = self._begin
+        authenticate = self._authenticate if allow_all is None else self._allowing_all(*allow_all)
         parse = _parser(handler.request_deserializer)
+        # Handlers may answer with bytes serialized earlier: Get responses are
+        # cached, and the watch hub serializes each event once per view.
+        serialize = _serializer(handler.response_serializer)
         ok = grpc.StatusCode.OK
 
         def single_response(answer: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any, Context], Any]:
@@ -114,8 +137,32 @@ class Guard:
 
             return guarded
 
-        # Handlers may answer with bytes serialized earlier (Get responses are cached).
-        serialize = _serializer(handler.response_serializer)
+        def streaming(open_stream: Callable[[Any, Context], Any]) -> Callable[[Any, Context], AsyncIterator[Any]]:
+            async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+                metadata = context.invocation_metadata()
+                req = begin(method, context, metadata)
+                try:
+                    authenticate(req, context, metadata)
+                    responses = open_stream(request, context)
+                    if inspect.isawaitable(responses):  # checks the request, then returns the stream
+                        responses = await responses
+                except BaseException as e:
+                    await _fail(e, context, req, audit)
+                # Allowed: recorded before the first response, so that even a
+                # server killed mid-stream leaves a record of what it sent.
+                if not audit.write(req, ok, STARTED):
+                    await _close(responses)
+                    await context.abort_with_status(_unrecorded(req))
+                try:
+                    async for response in responses:
+                        yield response
+                except BaseException as e:
+                    await _fail(e, context, req, audit)
+                if not audit.write(req, ok):  # grpc sends the final status once the generator ends
+                    await context.abort_with_status(_unrecorded(req))
+
+            return guarded
+
         # grpc.aio runs coroutine functions where grpc's type stubs name the
         # synchronous behaviour types: `Any` bridges the two.
         if handler.unary_unary is not None:
@@ -131,26 +178,38 @@ class Guard:
             )
         if handler.unary_stream is not None:
             inner_stream: Any = handler.unary_stream
+            stream = streaming(lambda raw, context: inner_stream(parse(raw), context))
+            return grpc.unary_stream_rpc_method_handler(cast(Any, stream), response_serializer=serialize)
+        if handler.stream_stream is not None:
+            inner_bidi: Any = handler.stream_stream
+            bidi = streaming(lambda requests, context: inner_bidi(_parsed(requests, parse), context))
+            return grpc.stream_stream_rpc_method_handler(cast(Any, bidi), response_serializer=serialize)
+        raise TypeError(f"{method}: a handler of no known kind")
 
-            async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[bytes]:
-                metadata = context.invocation_metadata()
-                req = begin(method, context, metadata)
-                try:
-                    authenticate(req, context, metadata)
-                    events = inner_stream(parse(raw), context)
-                    if inspect.isawaitable(events):  # checks the request, then returns the stream
-                        events = await events
-                    async for item in events:
-                        yield item
-                except BaseException as e:
-                    await _fail(e, context, req, audit)
-                if not audit.write(req, ok):  # grpc sends the final status once the generator ends
-                    await context.abort_with_status(_unrecorded(req))
+    def _allowing_all(self, verb: str, resource: str) -> Callable[[Request, aio.ServicerContext, Any], None]:
+        """Authentication, then the decision for a method open to every principal."""
+        authenticate = self._authenticate
 
-            # Streaming handlers (the Watch RPCs) yield events the watch hub has already
-            # serialized, once per view, so grpc sends their bytes as they are.
-            return grpc.unary_stream_rpc_method_handler(cast(Any, unary_stream))
-        raise TypeError(f"{method}: bidirectional streaming methods are not guarded")
+        def authenticate_and_allow(req: Request, context: aio.ServicerContext, metadata: Any) -> None:
+            authenticate(req, context, metadata)
+            req.verb, req.resource, req.decision = verb, resource, "allow"
+            req.reason = "open to every principal"
+
+        return authenticate_and_allow
+
+
+async def _parsed(requests: AsyncIterator[bytes], parse: Callable[[bytes], Any]) -> AsyncIterator[Any]:
+    """The requests of a client stream, each parsed as it arrives (a malformed one
+    ends the call with INVALID_ARGUMENT, as a malformed unary request does)."""
+    async for raw in requests:
+        yield parse(raw)
+
+
+async def _close(responses: Any) -> None:
+    """Ends a stream that will not be sent, so that whatever it holds is let go."""
+    aclose = getattr(responses, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _serializer(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:

@@ -170,6 +170,7 @@ class AuthorizationService(authorization_pb2_grpc.AuthorizationServiceServicer):
             bad.add("resource", f"{shown(resource)} is not one of {', '.join(RESOURCES)}")
         bad.raise_if_any()
         req.resource = f"{resource}/{namespace}/{name}" if name else f"{resource}/{namespace or '*'}"
+        req.verb = verb  # the verb asked about, for the caller itself
         why = self._authorizer.denial(_guard.principal(), verb, resource, namespace, name)
         req.reason = f"answered no: {why}" if why else f"answered yes: {verb}"
         return authorization_pb2.CheckAccessResponse(allowed=not why, reason=why)
