@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from leaks import assert_no_leak, recorded_logs
 
 import satchel.pki
 from satchel.v1 import secret_pb2_grpc, service_account_pb2_grpc, token_pb2_grpc, workload_pb2_grpc
@@ -130,11 +131,13 @@ def make_config(pki: Pki, data: Path, **overrides) -> ServerConfig:
 @pytest.fixture
 async def server(pki: Pki, tmp_path: Path) -> AsyncIterator[Server]:
     srv = Server(make_config(pki, tmp_path / "data"))
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
+    with recorded_logs() as logs:
+        await srv.start()
+        try:
+            yield srv
+        finally:
+            await srv.stop()
+    assert_no_leak(srv.config, logs)
 
 
 def secure_channel(address: str, pki: Pki, identity: Identity | None) -> grpc.aio.Channel:

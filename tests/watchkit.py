@@ -21,6 +21,7 @@ from conftest import Identity, Pki, Stubs, make_config, secure_channel
 from failures import Failure, digest, parse
 from google.protobuf.message import Message
 from kinds import Kind
+from leaks import assert_no_leak, recorded_logs
 
 from satchel.v1 import meta_pb2, secret_pb2
 from satcheld._server import Server
@@ -53,11 +54,13 @@ def free_port() -> int:
 async def running(pki: Pki, data: Path, **overrides: Any) -> AsyncIterator[Server]:
     """A server on the data directory `data`, configured by `overrides` (see ServerConfig)."""
     server = Server(make_config(pki, data, **overrides))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+    with recorded_logs() as logs:
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
+    assert_no_leak(server.config, logs)
 
 
 class Channels:
