@@ -97,7 +97,9 @@ class SecretService(secret_pb2_grpc.SecretServiceServicer):
         return secret_pb2.DeleteSecretResponse()
 
     async def RotateSecret(self, request, context):
-        raise _later("RotateSecret")
+        grace = request.grace_period if request.HasField("grace_period") else None
+        secret = await self._r.rotate(request.namespace, request.name, request.data, grace)
+        return secret_pb2.RotateSecretResponse(secret=secret)
 
     async def WatchSecrets(self, request, context):
         return await self._r.watch(SECRETS, request)

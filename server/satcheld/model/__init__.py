@@ -17,14 +17,17 @@ from ._fields import (
 from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, R, Resource, copy_of, kind_name, kind_of
 from ._labels import LabelSelector, Requirement
 from ._references import BINDING_KINDS, Key, binding_changed, references
+from ._rotation import DEFAULT_GRACE, MIN_PERIOD, check_grace_period, grace_of, next_due, rotated
 from ._validation import MAX_OBJECT_BYTES, Violations, is_dns_label, is_dns_subdomain, shown
 
 __all__ = [
     "BINDING_KINDS",
+    "DEFAULT_GRACE",
     "DEFAULT_NAMESPACE",
     "DEFAULT_SERVICE_ACCOUNT",
     "KINDS",
     "MAX_OBJECT_BYTES",
+    "MIN_PERIOD",
     "MUTABLE_PATHS",
     "SECRETS",
     "SERVICE_ACCOUNTS",
@@ -38,17 +41,21 @@ __all__ = [
     "Violations",
     "apply_mask",
     "binding_changed",
+    "check_grace_period",
     "check_namespace_and_name",
     "copy_of",
+    "grace_of",
     "is_dns_label",
     "is_dns_subdomain",
     "kind_name",
     "kind_of",
     "mask_paths",
     "namespace_or_default",
+    "next_due",
     "prepare_create",
     "prepare_update",
     "references",
+    "rotated",
     "same_content",
     "shown",
     "visible",
