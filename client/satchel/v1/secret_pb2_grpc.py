@@ -113,7 +113,11 @@ class SecretServiceServicer:
 
     def RotateSecret(self, request, context):
         """Replaces a secret's data with a new version, keeping the previous version
-        valid until `previous_version_expire_time`.
+        valid until `previous_version_expire_time`. A token secret gets a freshly
+        signed token, and the previous token is still accepted by ReviewToken until
+        then; for other types the server keeps only the new data, and the window
+        is what the secret's consumers and the systems behind it go by: the old
+        value may still be in use until then. An immutable secret cannot be rotated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
