@@ -12,7 +12,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 
 from ._config import ConfigError, ServerConfig, read_certificates, read_key
-from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, method_table
+from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, Rotator, method_table
 from .auth import Authorizer, NodeGraph, Policy, PolicyError
 from .store import KeyRing, SqliteStore
 from .watch import WatchHub
@@ -51,6 +51,7 @@ class Server:
         self._grpc: aio.Server | None = None
         self._store: SqliteStore | None = None
         self.hub: WatchHub | None = None
+        self.rotator: Rotator | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._audit: AuditLog | None = None
         self._authorizer: Authorizer | None = None
@@ -111,6 +112,8 @@ class Server:
             lambda: hub.rescope(lambda owner, view: authorizer.scope(owner, "watch", view.kind, view.namespace))
         )
         crud = Crud(self._store, self.hub, authorizer, PageTokens(keyring.derive("page-token")), c.trust_domain)
+        self.rotator = Rotator(self._store, crud)
+        await self.rotator.load()
         methods = method_table(crud, Guard(self._audit, c.trust_domain), self._health)
         server = self._grpc = aio.server(handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None)
 
@@ -128,6 +131,7 @@ class Server:
         self._tasks = [
             asyncio.create_task(self.hub.run_bookmarks(), name="satchel-bookmarks"),
             asyncio.create_task(self._run_compaction(), name="satchel-compaction"),
+            asyncio.create_task(self.rotator.run(), name="satchel-rotation"),
         ]
         return self.address
 

@@ -9,6 +9,7 @@ from ._guard import AuditLog, Guard
 from ._health import HealthService
 from ._methods import MethodTable
 from ._paging import PageTokens
+from ._rotator import Rotator
 
 __all__ = [
     "SERVICE_NAMES",
@@ -18,5 +19,6 @@ __all__ = [
     "HealthService",
     "MethodTable",
     "PageTokens",
+    "Rotator",
     "method_table",
 ]

@@ -9,7 +9,7 @@ import datetime
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from satchel.v1 import secret_pb2, service_account_pb2, workload_pb2
 
@@ -224,19 +224,42 @@ class Crud:
             if current is None:
                 raise NotFound(f"secret {namespace}/{name} not found")
             assert isinstance(current, secret_pb2.Secret)
-            if current.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
-                if data:
-                    raise InvalidArgument([("data", "a token secret gets its new token from the server; send no data")])
-                new_data: Mapping[str, bytes] = self.renew_token(txn, current)
-            elif not data:
-                raise InvalidArgument([("data", "is required: the new version's values")])
-            else:
-                new_data = data
-            new = model.rotated(current, new_data, grace=model.grace_of(current, grace), now=now)
-            return txn.put(new)
+            return self._rotate(txn, current, data, grace, now)
 
         stored = await self.store.write(write)
         return model.visible(stored, with_data=self._shows_data(SECRETS, namespace, name))
+
+    async def rotate_due(self, namespace: str, name: str, due: timestamp_pb2.Timestamp) -> secret_pb2.Secret | None:
+        """The scheduled rotation of a secret due at `due`; None if it is no
+        longer due then (rotated, rescheduled or deleted meanwhile), so that one
+        due time is never rotated twice."""
+        now = datetime.datetime.now(datetime.UTC)
+
+        def write(txn: Transaction) -> secret_pb2.Secret | None:
+            current = txn.get(SECRETS, namespace, name)
+            if not isinstance(current, secret_pb2.Secret) or current.rotation.next_rotate_time != due:
+                return None
+            return self._rotate(txn, current, {}, None, now)
+
+        return await self.store.write(write)
+
+    def _rotate(
+        self,
+        txn: Transaction,
+        current: secret_pb2.Secret,
+        data: Mapping[str, bytes],
+        grace: duration_pb2.Duration | None,
+        now: datetime.datetime,
+    ) -> secret_pb2.Secret:
+        if current.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
+            if data:
+                raise InvalidArgument([("data", "a token secret gets its new token from the server; send no data")])
+            new_data: Mapping[str, bytes] = self.renew_token(txn, current)
+        elif not data:
+            raise InvalidArgument([("data", "is required: the new version's values")])
+        else:
+            new_data = data
+        return txn.put(model.rotated(current, new_data, grace=model.grace_of(current, grace), now=now))
 
     def renew_token(self, txn: Transaction, secret: secret_pb2.Secret) -> dict[str, bytes]:
         """The data of a token secret's next version (with the credentials work)."""
