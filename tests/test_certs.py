@@ -154,3 +154,13 @@ def test_csr_carries_the_spiffe_id_and_sign_honours_it(tmp_path):
     assert_signed_by(cert, ca_cert)
     assert pki.spiffe_ids(cert) == [spiffe_id]
     assert cert.not_valid_after_utc <= ca_cert.not_valid_after_utc  # never outlives its CA
+
+
+def test_csr_without_a_spiffe_id_asks_for_no_name():
+    key = pki.generate_key()
+
+    csr = x509.load_pem_x509_csr(pki.make_csr(key).encode())
+
+    assert csr.is_signature_valid
+    assert csr.public_key() == key.public_key()
+    assert list(csr.extensions) == []

@@ -19,12 +19,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from tools import binary, grpcurl, satcheld
 
 import satchel.pki
@@ -600,6 +602,63 @@ def test_rotate_and_token_review_report_the_server_answer(ctl, ns) -> None:
     else:
         assert reviewed.code == 1
         assert reviewed.err.startswith("error: UNIMPLEMENTED: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# sa cert
+
+
+def test_sa_cert_writes_a_private_pair_that_authenticates_as_the_account(ctl, ns, tmp_path) -> None:
+    assert ctl("sa", "create", "web", "-n", ns).code == 0
+    assert ctl("sa", "create", "db", "-n", ns).code == 0
+    out = tmp_path / "new" / "web"  # created, parents too
+    before = datetime.now(UTC)
+
+    r = ctl("sa", "cert", "web", "-n", ns, "--out", str(out), "--ttl", "2h")
+
+    assert r.code == 0, r.err
+    crt, key, expires = r.out.splitlines()
+    assert [crt, key] == [str(out / "tls.crt"), str(out / "tls.key")]
+    for path in (crt, key):
+        assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600, path
+    leaf, *chain = x509.load_pem_x509_certificates(Path(crt).read_bytes())
+    assert chain, "tls.crt holds the chain: the certificate, then its CA"
+    assert satchel.pki.spiffe_ids(leaf) == [f"spiffe://satchel.local/ns/{ns}/sa/web"]
+    private = serialization.load_pem_private_key(Path(key).read_bytes(), None)
+    assert private.public_key() == leaf.public_key()
+    assert expires == f"expires {leaf.not_valid_after_utc.isoformat()}"
+    assert abs(leaf.not_valid_after_utc - (before + timedelta(hours=2))) < timedelta(minutes=1)
+
+    as_web = ctl("sa", "get", "web", "-n", ns, "-o", "json", "--cert", crt, "--key", key)
+    assert as_web.json()["metadata"]["name"] == "web"
+    other = ctl("sa", "get", "db", "-n", ns, "--cert", crt, "--key", key)
+    assert other.code == 1
+    assert other.err.startswith(f"error: PERMISSION_DENIED: sa:{ns}/web may not get")
+
+    # Renewal: the account itself replaces the pair, with the server's default TTL of 1h.
+    renewed = ctl("sa", "cert", "web", "-n", ns, "--out", str(out), "--cert", crt, "--key", key)
+    assert renewed.code == 0, renewed.err
+    new_leaf = x509.load_pem_x509_certificates(Path(crt).read_bytes())[0]
+    assert new_leaf.serial_number != leaf.serial_number
+    assert new_leaf.not_valid_after_utc - new_leaf.not_valid_before_utc <= timedelta(hours=1, minutes=5, seconds=1)
+    private = serialization.load_pem_private_key(Path(key).read_bytes(), None)
+    assert private.public_key() == new_leaf.public_key()
+
+
+def test_sa_cert_refused_writes_nothing(ctl, ns, tmp_path) -> None:
+    out = tmp_path / "out"
+
+    r = ctl("sa", "cert", "missing", "-n", ns, "--out", str(out))
+
+    assert r.code == 1
+    assert r.err.startswith(f"error: NOT_FOUND: service account {ns}/missing not found")
+    assert not out.exists()
+
+
+def test_sa_cert_needs_out(ctl, ns) -> None:
+    r = ctl("sa", "cert", "web", "-n", ns)
+    assert r.code == 2
+    assert "--out" in r.err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -339,6 +339,22 @@ def _rotate(client: Client, args: argparse.Namespace) -> None:
     _show(_SECRET_COMMAND, [secret], args.output, many=False)
 
 
+def _sa_cert(client: Client, args: argparse.Namespace) -> None:
+    """A key made here, its CSR signed by the server for the account; `tls.crt` and `tls.key`
+    written into --out (0600) only once the certificate is issued. The key never leaves."""
+    from satchel import pki  # cryptography loads only for the commands that make keys
+
+    key = pki.generate_key()
+    response = client.issue_certificate(args.name, namespace=args.namespace, csr_pem=pki.make_csr(key), ttl=args.ttl)
+    try:
+        paths = pki.write_tls(args.out, response.certificate_chain_pem, key)
+    except OSError as e:
+        raise UsageError(f"cannot write into {args.out}: {e.strerror or e}") from None
+    for path in paths:
+        print(path)
+    print(f"expires {response.expire_time.ToDatetime(tzinfo=UTC).isoformat()}")
+
+
 def _watch(client: Client, args: argparse.Namespace) -> None:
     """Prints each event as it comes (a line, or a YAML document), flushed, until
     interrupted or the stream fails."""
@@ -502,6 +518,17 @@ def _add_kind(sub: Any, kind: _KindCommand, p: dict[str, argparse.ArgumentParser
     add("list", [*api, p["all_namespaces"]], _list, f"list {kind.api.plural_noun}")
 
     if kind is _SA_COMMAND:
+        cert = verbs.add_parser(
+            "cert",
+            parents=[p["connection"], p["namespace"]],
+            help="have the server sign a key made here: writes tls.crt and tls.key into --out",
+        )
+        cert.add_argument("name")
+        cert.add_argument(
+            "--out", required=True, metavar="DIR", help="the directory for tls.crt and tls.key (created if missing)"
+        )
+        cert.add_argument("--ttl", type=_duration, help="lifetime (default 1h; the server caps it at 24h)")
+        cert.set_defaults(run=_sa_cert)
         for v in (create, update):
             v.add_argument(
                 "--secret",

@@ -263,7 +263,8 @@ def issue_certificate(
 ) -> UnaryCall[service_account_pb2.IssueCertificateResponse]:
     """Have the server sign `csr_pem` (see `satchel.pki.make_csr`) for the service account.
 
-    Returns the response: `certificate_chain_pem` and `expire_time`. The key never leaves the caller.
+    `ttl` defaults to 1h on the server, which caps it at 24h. Returns the response:
+    `certificate_chain_pem` and `expire_time`. The key never leaves the caller.
     """
     if isinstance(csr_pem, bytes):
         csr_pem = csr_pem.decode()

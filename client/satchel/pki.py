@@ -37,15 +37,16 @@ def generate_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def make_csr(key: PrivateKey, spiffe_id: str) -> str:
-    """A PEM certificate signing request for `key`, asking for the URI SAN `spiffe_id`."""
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(_subject(spiffe_id))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
+def make_csr(key: PrivateKey, spiffe_id: str = "") -> str:
+    """A PEM certificate signing request for `key`, asking for the URI SAN `spiffe_id` (if given).
+
+    Satchel's server takes only the key from it: what it issues names the account asked for.
+    """
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_subject(spiffe_id))
+    if spiffe_id:
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def sign(
@@ -202,6 +203,22 @@ def issue(
     return cert_path, key_path
 
 
+def write_tls(dir: str | os.PathLike[str], certificate_chain_pem: str | bytes, key: PrivateKey) -> tuple[Path, Path]:
+    """Write `tls.crt` (the certificate chain) and `tls.key` into `dir`, created 0700 if missing.
+
+    Both files are 0600. Each is replaced atomically, the pair is not: between the two renames
+    the new key stands beside the old certificate. Returns both paths.
+    """
+    path = Path(dir)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if isinstance(certificate_chain_pem, str):
+        certificate_chain_pem = certificate_chain_pem.encode()
+    cert_path, key_path = path / "tls.crt", path / "tls.key"
+    _write(key_path, _key_pem(key), 0o600)
+    _write(cert_path, certificate_chain_pem, 0o600)
+    return cert_path, key_path
+
+
 def _ensure_leaf(stem: Path, make: Callable[[ec.EllipticCurvePublicKey], x509.Certificate]) -> None:
     """Writes `stem.crt` and `stem.key` unless both exist; an existing key gets a new certificate."""
     cert_path, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
@@ -329,4 +346,5 @@ __all__ = [
     "sign",
     "spiffe_ids",
     "trust_domain_of",
+    "write_tls",
 ]

@@ -12,7 +12,17 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 
 from ._config import ConfigError, ServerConfig, read_certificates, read_key
-from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, Rotator, method_table
+from .api import (
+    SERVICE_NAMES,
+    AuditLog,
+    CertificateAuthority,
+    Crud,
+    Guard,
+    HealthService,
+    PageTokens,
+    Rotator,
+    method_table,
+)
 from .auth import Authorizer, NodeGraph, Policy, PolicyError
 from .store import KeyRing, SqliteStore
 from .watch import WatchHub
@@ -58,13 +68,23 @@ class Server:
         self._health = HealthService()
         self.address = ""
 
-    def _credentials(self) -> grpc.ServerCredentials:
+    def _credentials(self, authority: CertificateAuthority) -> grpc.ServerCredentials:
         c = self.config
         return grpc.ssl_server_credentials(
             [(read_key(c.tls_key, "TLS key"), read_certificates(c.tls_cert, "TLS certificate"))],
-            root_certificates=read_certificates(c.client_ca, "client CA"),
+            # The certificates the server issues authenticate on its own API.
+            root_certificates=authority.trusted_beside(read_certificates(c.client_ca, "client CA")),
             require_client_auth=True,
         )
+
+    def _authority(self) -> CertificateAuthority:
+        """The CA that signs service-account certificates, loaded once."""
+        c = self.config
+        cert_pem, key_pem = read_certificates(c.ca_cert, "CA certificate"), read_key(c.ca_key, "CA key")
+        try:
+            return CertificateAuthority.load(cert_pem, key_pem)
+        except ValueError as e:
+            raise ConfigError(f"CA certificate {c.ca_cert} and CA key {c.ca_key}: {e}") from None
 
     async def start(self) -> str:
         try:
@@ -79,9 +99,8 @@ class Server:
             raise ConfigError(
                 "--bookmark-interval must be above 0, --history-events at least 1, --history-age not negative"
             )
-        credentials = self._credentials()
-        read_certificates(c.ca_cert, "CA certificate")
-        read_key(c.ca_key, "CA key")
+        authority = self._authority()
+        credentials = self._credentials(authority)
         try:
             keyring = KeyRing.load(c.encryption_key_file)
             policy = Policy.load(c.policy)
@@ -114,7 +133,7 @@ class Server:
         crud = Crud(self._store, self.hub, authorizer, PageTokens(keyring.derive("page-token")), c.trust_domain)
         self.rotator = Rotator(self._store, crud)
         await self.rotator.load()
-        methods = method_table(crud, Guard(self._audit, c.trust_domain), self._health)
+        methods = method_table(crud, Guard(self._audit, c.trust_domain), self._health, authority)
         server = self._grpc = aio.server(handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None)
 
         host = c.listen.rpartition(":")[0]

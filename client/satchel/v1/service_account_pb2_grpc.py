@@ -124,7 +124,13 @@ class ServiceAccountServiceServicer:
 
     def IssueCertificate(self, request, context):
         """Signs a certificate signing request for a service account. The private key
-        never leaves the caller.
+        never leaves the caller. The server builds the certificate itself, taking
+        only the public key from the CSR: exactly one URI SAN, the account's
+        `spiffe_id`; the client-auth extended key usage; no CA bit; signed by the
+        issuing CA. It authenticates as the service account on this API. Allowed
+        for admins, for a node that hosts a workload of the account, and for the
+        account itself (renewal). PERMISSION_DENIED comes before NOT_FOUND, and
+        both before the CSR and the TTL are looked at.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -23,6 +23,7 @@ from satchel.v1 import (
 )
 
 from . import _reflection
+from ._certificates import CertificateAuthority
 from ._crud import Crud
 from ._guard import Guard
 from ._health import HealthService
@@ -68,10 +69,14 @@ def _open_to_all(guard: Guard) -> Wrap:
     return wrap
 
 
-def method_table(crud: Crud, guard: Guard, health_service: HealthService) -> MethodTable:
+def method_table(
+    crud: Crud, guard: Guard, health_service: HealthService, authority: CertificateAuthority
+) -> MethodTable:
     methods = MethodTable(unknown=lambda method: guard.wrap(method, unknown_method(method)))
     guarded = methods.registrar(guard.wrap)
-    service_account_pb2_grpc.add_ServiceAccountServiceServicer_to_server(ServiceAccountService(crud), guarded)
+    service_account_pb2_grpc.add_ServiceAccountServiceServicer_to_server(
+        ServiceAccountService(crud, authority), guarded
+    )
     secret_pb2_grpc.add_SecretServiceServicer_to_server(SecretService(crud), guarded)
     workload_pb2_grpc.add_WorkloadServiceServicer_to_server(WorkloadService(crud), guarded)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(), guarded)

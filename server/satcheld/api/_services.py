@@ -22,6 +22,7 @@ from ..auth import RESOURCES, VERBS, Authorizer
 from ..errors import Unimplemented
 from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Violations, shown
 from . import _guard
+from ._certificates import CertificateAuthority, issue_certificate
 from ._crud import Crud
 
 
@@ -43,8 +44,9 @@ def _later(what: str) -> Unimplemented:
 
 
 class ServiceAccountService(service_account_pb2_grpc.ServiceAccountServiceServicer):
-    def __init__(self, crud: Crud) -> None:
+    def __init__(self, crud: Crud, authority: CertificateAuthority) -> None:
         self._r = crud
+        self._authority = authority
 
     async def CreateServiceAccount(self, request, context):
         sa = await self._r.create(SERVICE_ACCOUNTS, request.service_account)
@@ -71,7 +73,7 @@ class ServiceAccountService(service_account_pb2_grpc.ServiceAccountServiceServic
         return await self._r.watch(SERVICE_ACCOUNTS, request)
 
     async def IssueCertificate(self, request, context):
-        raise _later("IssueCertificate")
+        return await issue_certificate(self._r, self._authority, request)
 
 
 class SecretService(secret_pb2_grpc.SecretServiceServicer):
