@@ -225,7 +225,7 @@ async def test_update_mask_star_replaces_everything_mutable(admin) -> None:
     assert dict(replaced.metadata.labels) == {"b": "2"}
     assert dict(replaced.metadata.annotations) == {}
     assert replaced.description == ""
-    assert list(replaced.secrets) == []
+    assert [ref.name for ref in replaced.secrets] == ["svc-token"]  # the account's token secret stays listed
 
     secrets = SECRETS.api(admin)
     await secrets.create(SECRETS.make("cfg", labels={"a": "1"}, data={"one": b"1", "two": b"2"}))

@@ -1,6 +1,7 @@
-"""Assembles one server: reads its files, opens the store, builds the hub, the
-authorizer and the method table, listens on TLS, and runs the background tasks
-(bookmarks, history compaction) until stopped."""
+"""Assembles one server: reads its files, opens the store, loads the token
+signing keys, builds the hub, the authorizer and the method table, listens on
+TLS, and runs the background tasks (bookmarks, history compaction, deleting
+expired signing keys) until stopped."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 
 from ._config import ConfigError, ServerConfig, read_certificates, read_key
-from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, method_table
-from .auth import Authorizer, NodeGraph, Policy, PolicyError
+from .api import SERVICE_NAMES, AuditLog, Crud, Guard, HealthService, PageTokens, TokenSecrets, method_table
+from .auth import Authorizer, NodeGraph, Policy, PolicyError, Tokens
 from .store import KeyRing, SqliteStore
 from .watch import WatchHub
 
@@ -54,6 +55,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._audit: AuditLog | None = None
         self._authorizer: Authorizer | None = None
+        self.tokens: Tokens | None = None
         self._health = HealthService()
         self.address = ""
 
@@ -78,8 +80,10 @@ class Server:
             raise ConfigError(
                 "--bookmark-interval must be above 0, --history-events at least 1, --history-age not negative"
             )
+        if c.token_lifetime.total_seconds() < 1 or not c.token_issuer or not c.token_audience:
+            raise ConfigError("--token-lifetime must be at least 1s; --token-issuer and --token-audience not empty")
         credentials = self._credentials()
-        read_certificates(c.ca_cert, "CA certificate")
+        ca_cert = read_certificates(c.ca_cert, "CA certificate")
         read_key(c.ca_key, "CA key")
         try:
             keyring = KeyRing.load(c.encryption_key_file)
@@ -96,6 +100,10 @@ class Server:
         except Exception as e:
             raise ConfigError(f"cannot open database {c.db}: {e}") from None
 
+        tokens = self.tokens = Tokens(
+            self._store, issuer=c.token_issuer, audience=c.token_audience, lifetime=c.token_lifetime
+        )
+        await tokens.start()
         graph = NodeGraph()
         await graph.load(self._store)
         self.hub = WatchHub(
@@ -110,8 +118,10 @@ class Server:
         authorizer.on_policy_change(
             lambda: hub.rescope(lambda owner, view: authorizer.scope(owner, "watch", view.kind, view.namespace))
         )
-        crud = Crud(self._store, self.hub, authorizer, PageTokens(keyring.derive("page-token")), c.trust_domain)
-        methods = method_table(crud, Guard(self._audit, c.trust_domain), self._health)
+        token_secrets = TokenSecrets(tokens, ca_cert, c.trust_domain)
+        page_tokens = PageTokens(keyring.derive("page-token"))
+        crud = Crud(self._store, self.hub, authorizer, page_tokens, c.trust_domain, token_secrets)
+        methods = method_table(crud, Guard(self._audit, c.trust_domain, tokens), self._health)
         server = self._grpc = aio.server(handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None)
 
         host = c.listen.rpartition(":")[0]
@@ -128,6 +138,7 @@ class Server:
         self._tasks = [
             asyncio.create_task(self.hub.run_bookmarks(), name="satchel-bookmarks"),
             asyncio.create_task(self._run_compaction(), name="satchel-compaction"),
+            asyncio.create_task(self._run_key_pruning(tokens), name="satchel-signing-keys"),
         ]
         return self.address
 
@@ -169,6 +180,16 @@ class Server:
                 await self.compact()
             except Exception:
                 log.exception("history compaction failed; will retry")
+
+    async def _run_key_pruning(self, tokens: Tokens) -> None:
+        """Deletes the retired signing keys whose last token has expired."""
+        interval = min(60.0, max(1.0, self.config.token_lifetime.total_seconds() / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await tokens.keys.prune()
+            except Exception:
+                log.exception("deleting expired signing keys failed; will retry")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets running ones finish within the grace, closes the store."""

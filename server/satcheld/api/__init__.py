@@ -1,6 +1,7 @@
 """The gRPC API: the method table every call goes through, the guard around every
 method but Health/Check (request id, authentication, the one error map, audit),
-the services and the CRUD they share, health and reflection. Uses auth, watch
+the services and the CRUD they share, the token controller, health and
+reflection. Uses auth, watch
 and store; nothing below imports it."""
 
 from ._assembly import SERVICE_NAMES, method_table
@@ -9,6 +10,7 @@ from ._guard import AuditLog, Guard
 from ._health import HealthService
 from ._methods import MethodTable
 from ._paging import PageTokens
+from ._token_secrets import TokenSecrets
 
 __all__ = [
     "SERVICE_NAMES",
@@ -18,5 +20,6 @@ __all__ = [
     "HealthService",
     "MethodTable",
     "PageTokens",
+    "TokenSecrets",
     "method_table",
 ]

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from google.protobuf import field_mask_pb2
 
-from satchel.v1 import service_account_pb2, workload_pb2
+from satchel.v1 import secret_pb2, service_account_pb2, workload_pb2
 
 from .. import model
 from ..auth import Authorizer, Scope
@@ -21,19 +21,27 @@ from ..watch import View, WatchHub
 from . import _guard
 from ._get_cache import GetCache
 from ._paging import MAX_PAGE_BYTES, PageTokens, page_size
+from ._token_secrets import TokenSecrets
 
 
 class Crud:
     """The operations every kind shares, authorized and audited per request."""
 
     def __init__(
-        self, store: Store, hub: WatchHub, authorizer: Authorizer, page_tokens: PageTokens, trust_domain: str
+        self,
+        store: Store,
+        hub: WatchHub,
+        authorizer: Authorizer,
+        page_tokens: PageTokens,
+        trust_domain: str,
+        token_secrets: TokenSecrets,
     ) -> None:
         self.store = store
         self.hub = hub
         self.authorizer = authorizer
         self._page_tokens = page_tokens
         self.trust_domain = trust_domain
+        self.token_secrets = token_secrets
         self._get_cache = GetCache()
         store.add_listener(self._get_cache.forget)
 
@@ -87,13 +95,17 @@ class Crud:
                 raise AlreadyExists(f"{KINDS[kind].noun} {meta.namespace}/{meta.name} already exists")
             if isinstance(obj, workload_pb2.Workload):
                 self._ensure_service_account(txn, obj)
+            elif isinstance(obj, service_account_pb2.ServiceAccount):
+                return cast(R, self.token_secrets.create_account(txn, obj))
+            elif isinstance(obj, secret_pb2.Secret) and obj.type == model.TOKEN:
+                return cast(R, self.token_secrets.create_token_secret(txn, obj))
             return txn.put(obj)
 
         created = await self.store.write(write)
         return model.visible(created, with_data=self._shows_data(kind, namespace, created.metadata.name))
 
     def _ensure_service_account(self, txn: Transaction, workload: workload_pb2.Workload) -> None:
-        """`default` is created on first use; any other account must exist."""
+        """`default` is created on first use, with its token secret; any other account must exist."""
         ns, sa = workload.metadata.namespace, workload.service_account
         if txn.get(SERVICE_ACCOUNTS, ns, sa) is not None:
             return
@@ -105,7 +117,7 @@ class Crud:
         account = service_account_pb2.ServiceAccount()
         account.metadata.namespace, account.metadata.name = ns, sa
         model.prepare_create(account, trust_domain=self.trust_domain)
-        txn.put(account)
+        self.token_secrets.create_account(txn, account)
 
     async def get(self, kind: str, namespace: str, name: str) -> bytes:
         """The serialized Get response for one object, as this caller may see it.
@@ -183,6 +195,9 @@ class Crud:
             if etag and etag != current.metadata.etag:
                 raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {shown(etag)} was read")
             model.prepare_update(current, updated)
+            if isinstance(updated, service_account_pb2.ServiceAccount):
+                assert isinstance(current, service_account_pb2.ServiceAccount)
+                self.token_secrets.keep_reference(txn, current, updated)
             if (
                 isinstance(updated, workload_pb2.Workload)
                 and isinstance(current, workload_pb2.Workload)
@@ -232,6 +247,10 @@ class Crud:
                 raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
             if etag and etag != current.metadata.etag:
                 raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {shown(etag)} was read")
+            if isinstance(current, service_account_pb2.ServiceAccount):
+                self.token_secrets.delete_account(txn, current)
             txn.delete(kind, namespace, name)
+            if isinstance(current, secret_pb2.Secret):
+                self.token_secrets.forget_secret(txn, current)
 
         await self.store.write(write)

@@ -24,12 +24,17 @@ from ._validation import (
     check_name,
     check_namespace,
     check_type_rules,
+    is_dns_subdomain,
 )
 
 DEFAULT_NAMESPACE = "default"
 # The largest google.protobuf.Duration: 10,000 years.
 MAX_DURATION_SECONDS = 315_576_000_000
 DEFAULT_SERVICE_ACCOUNT = "default"
+TOKEN = secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN
+# A service account's token secret is `<name>-token`, itself a name of at most 253.
+TOKEN_SECRET_SUFFIX = "-token"
+MAX_SERVICE_ACCOUNT_NAME = 253 - len(TOKEN_SECRET_SUFFIX)
 
 
 _META_PATHS = ("metadata.labels", "metadata.annotations")
@@ -97,8 +102,13 @@ def validate(obj: Resource) -> None:
             v.add(f"{f}.type", f"unknown secret type {obj.type}")
         check_data(v, f"{f}.data", obj.data)
         check_type_rules(v, f"{f}.data", obj.type, obj.data)
-        if obj.service_account:
-            check_name(v, f"{f}.service_account", obj.service_account)
+        if obj.type == TOKEN:
+            if obj.service_account:
+                check_name(v, f"{f}.service_account", obj.service_account)
+            else:
+                v.add(f"{f}.service_account", "is required for a token secret: the account whose token it holds")
+        elif obj.service_account:
+            v.add(f"{f}.service_account", "only token secrets name a service account")
         for part in ("period", "grace_period"):
             if obj.rotation.HasField(part):
                 d = getattr(obj.rotation, part)
@@ -139,10 +149,21 @@ def prepare_create(obj: Resource, *, trust_domain: str) -> None:
     elif isinstance(obj, ServiceAccount):
         set_identity(obj, trust_domain)
     v = Violations()
-    if isinstance(obj, Secret) and obj.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
-        v.add("secret.type", "token secrets are made by the server when a service account is created")
+    if isinstance(obj, Secret) and obj.type == TOKEN and obj.data:
+        v.add("secret.data", "the server fills in a token secret's data: give only its service_account")
+    if isinstance(obj, ServiceAccount) and len(meta.name) > MAX_SERVICE_ACCOUNT_NAME and is_dns_subdomain(meta.name):
+        v.add(
+            "service_account.metadata.name",
+            f"must be at most {MAX_SERVICE_ACCOUNT_NAME} characters, so that its token secret"
+            f" (the name and {TOKEN_SECRET_SUFFIX!r}) has a valid name",
+        )
     v.collect(validate, obj)
     v.raise_if_any()
+
+
+def token_secret_name(account: str) -> str:
+    """The name of the token secret made with service account `account`."""
+    return account + TOKEN_SECRET_SUFFIX
 
 
 def set_identity(sa: ServiceAccount, trust_domain: str) -> None:
