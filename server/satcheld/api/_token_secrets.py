@@ -81,7 +81,7 @@ class TokenSecrets:
             )
         assert isinstance(account, ServiceAccount)
         held = self.token_secret_of(txn, account)
-        if held is not None:
+        if held:
             raise FailedPrecondition(
                 f"service account {ns}/{name} already has a token secret, {ns}/{held}; an account has at most one",
                 reason="TOKEN_SECRET_EXISTS",

@@ -159,11 +159,10 @@ class SigningKeys:
             raise Unavailable("no token signing key is loaded; tokens cannot be made")
         return key
 
-    def for_verifying(self, kid: str, now_ns: int) -> _Key | None:
-        key = self._keys.get(kid)
-        if key is None or (key.expire_ns is not None and key.expire_ns <= now_ns):
-            return None
-        return key
+    def for_verifying(self, kid: str) -> _Key | None:
+        """The key `kid`, until it is deleted (a token it signed has expired by
+        then, and is refused as expired, which says more than an unknown key)."""
+        return self._keys.get(kid)
 
     def jwks(self, now_ns: int | None = None) -> str:
         """The JSON Web Key Set of every key that may have signed a live token."""
@@ -353,11 +352,10 @@ class Tokens:
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise _refused("the token names no signing key (kid)", "TOKEN_UNKNOWN_KEY")
-        now_ns = time.time_ns()
-        key = self.keys.for_verifying(kid, now_ns)
+        key = self.keys.for_verifying(kid)
         if key is None:
             raise _refused(
-                f"the token's signing key {shown(kid)} is not one of this server's (or was retired and has expired)",
+                f"the token's signing key {shown(kid)} is not one of this server's (or was retired and deleted)",
                 "TOKEN_UNKNOWN_KEY",
             )
         try:
@@ -368,7 +366,7 @@ class Tokens:
             ) from None
         except jwt.InvalidTokenError:
             raise _refused("the bearer token is not a well-formed JWT", "TOKEN_MALFORMED") from None
-        return self._check(payload, now_ns)
+        return self._check(payload, time.time_ns())
 
     def _check(self, payload: bytes, now_ns: int) -> Verified:
         """The claims of a token whose signature verified."""
