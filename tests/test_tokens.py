@@ -411,9 +411,14 @@ async def test_hs256_signed_with_the_public_key_is_refused(admin) -> None:
         await refused(admin, f"{signing_input}.{b64(mac)}", "TOKEN_ALGORITHM")
 
 
-@pytest.mark.parametrize("garbage", ["x", "a.b.c", "a.b", "e30", "." * 3, "x" * 9_000])
+@pytest.mark.parametrize("garbage", ["x", "a.b.c", "a.b", "e30", "." * 3, "x" * 7_000])
 async def test_what_is_no_jwt_is_refused(admin, garbage: str) -> None:
     await refused(admin, garbage, "TOKEN_MALFORMED")
+
+
+async def test_a_token_far_longer_than_the_servers_is_refused_unread(admin) -> None:
+    answer = await review(admin, "x" * 100_000)
+    assert not answer.authenticated and answer.reason.startswith("the token is longer than 8192 characters")
 
 
 async def test_a_token_of_a_version_past_its_grace_window_is_refused(server, admin) -> None:
@@ -549,6 +554,30 @@ async def test_signing_keys_are_made_on_first_start_sealed_and_kept(pki, tmp_pat
             assert old.kid == key.kid and old.retire_time_ns and new.retire_time_ns is None
             assert old.expire_time_ns == old.retire_time_ns + 24 * 3600 * 10**9
             assert (await get_itself(admin, token)).service_account.metadata.name == "app"
+    finally:
+        await channels.close()
+
+
+async def test_a_signing_key_the_key_ring_cannot_open_still_verifies_and_a_new_one_signs(pki, tmp_path) -> None:
+    """A database started with another key file: the old key's private half is
+    lost, its public half (kept in the clear) still verifies its tokens."""
+    data = tmp_path / "data"
+    channels = Channels(pki)
+    try:
+        async with running(pki, data) as server:
+            await create_account(channels.stubs(server.address, pki.admin), "app")
+            token = await token_of(channels.stubs(server.address, pki.admin), "app")
+        (data / "encryption.key").unlink()
+        KeyRing.create_file(data / "encryption.key")
+        async with running(pki, data) as server:
+            admin = channels.stubs(server.address, pki.admin)
+            assert (await get_itself(admin, token)).service_account.metadata.name == "app"
+            old, new = await server._store.signing_keys()
+            assert old.private_key is None and old.retire_time_ns and new.retire_time_ns is None
+            await create_account(admin, "fresh")
+            fresh = await token_of(admin, "fresh")
+            assert jwt.get_unverified_header(fresh)["kid"] == new.kid
+            assert (await get_itself(admin, fresh, "fresh")).service_account.metadata.name == "fresh"
     finally:
         await channels.close()
 

@@ -103,7 +103,6 @@ class Server:
         tokens = self.tokens = Tokens(
             self._store, issuer=c.token_issuer, audience=c.token_audience, lifetime=c.token_lifetime
         )
-        await tokens.start()
         graph = NodeGraph()
         await graph.load(self._store)
         self.hub = WatchHub(
@@ -131,6 +130,8 @@ class Server:
             raise ConfigError(f"cannot listen on {c.listen}: {e}") from None
         if bound == 0:
             raise ConfigError(f"cannot listen on {c.listen}")
+        # Once the port is ours (a server that cannot listen makes no key), before the first call.
+        await tokens.start()
         await server.start()
         self.address = f"{host}:{bound}"
         for name in ("", *SERVICE_NAMES):

@@ -72,7 +72,7 @@ def _time(seconds: float) -> str:
 @dataclass(slots=True)
 class _Key:
     kid: str
-    private: ec.EllipticCurvePrivateKey
+    private: ec.EllipticCurvePrivateKey | None  # None: the key ring cannot open it; it only verifies
     public: ec.EllipticCurvePublicKey
     jwk: dict[str, str]
     lifetime_ns: int
@@ -108,7 +108,7 @@ class SigningKeys:
         keys = await self._store.signing_keys()
         self._merge(keys)
         signing = [k for k in keys if k.retire_time_ns is None]
-        if not signing or signing[-1].lifetime_ns < self.lifetime_ns:
+        if not signing or signing[-1].lifetime_ns < self.lifetime_ns or signing[-1].private_key is None:
             kid = await self.rotate()
             log.info("made token signing key %s", kid)
 
@@ -118,10 +118,15 @@ class SigningKeys:
             if known is not None:
                 known.expire_ns = k.expire_time_ns if known.expire_ns is None else known.expire_ns
                 continue
-            private = serialization.load_der_private_key(k.private_key, password=None)
-            assert isinstance(private, ec.EllipticCurvePrivateKey)
-            public = private.public_key()
-            self._keys[k.kid] = _Key(k.kid, private, public, json.loads(k.public_jwk), k.lifetime_ns, k.expire_time_ns)
+            jwk = json.loads(k.public_jwk)
+            private = None
+            if k.private_key is not None:
+                loaded = serialization.load_der_private_key(k.private_key, password=None)
+                assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+                private = loaded
+            public = jwt.PyJWK(jwk).key
+            assert isinstance(public, ec.EllipticCurvePublicKey)
+            self._keys[k.kid] = _Key(k.kid, private, public, jwk, k.lifetime_ns, k.expire_time_ns)
 
     async def rotate(self) -> str:
         """Makes a new key that signs from now on; the one that signed keeps
@@ -155,7 +160,7 @@ class SigningKeys:
         """The key that signs as of `txn` (in the writer thread)."""
         kid = txn.signing_key_id()
         key = self._keys.get(kid) if kid is not None else None
-        if key is None:
+        if key is None or key.private is None:
             raise Unavailable("no token signing key is loaded; tokens cannot be made")
         return key
 
@@ -278,6 +283,7 @@ class Tokens:
         `secret.version` (both with their uids set): for a new token secret, and
         for RotateSecret's next version."""
         key = self.keys.for_signing(txn)
+        assert key.private is not None
         ns, name = account.metadata.namespace, account.metadata.name
         now = int(time.time())
         claims = {

@@ -49,7 +49,8 @@ class SigningKey:
     rest under the key ring, like secret data, and open here."""
 
     kid: str
-    private_key: bytes  # PKCS#8 DER
+    # PKCS#8 DER; None if the key ring cannot open it (the key then only verifies).
+    private_key: bytes | None
     public_jwk: str  # the JWK (RFC 7517, JSON) of its public key
     lifetime_ns: int  # the longest lifetime of a token it signs
     create_time_ns: int = 0

@@ -625,10 +625,13 @@ class SqliteStore:
     def _signing_keys(self, db: sqlite_utils.Database) -> tuple[SigningKey, ...]:
         keys = []
         for kid, sealed, jwk, lifetime_ns, created, retired, expires in db.execute(_SIGNING_KEYS):
+            private_key: bytes | None
             try:
                 private_key = self._codec.keyring.open(sealed, uid=_signing_key_uid(kid), version=0)
             except (InvalidTag, KeyError, IndexError, UnicodeDecodeError):
-                raise DataLoss(f"token signing key {kid} cannot be decrypted with the key ring") from None
+                # Its public half (stored in the clear) still verifies the tokens it signed.
+                log.error("token signing key %s cannot be decrypted with the key ring; it can only verify", kid)
+                private_key = None
             keys.append(SigningKey(kid, private_key, jwk, lifetime_ns, created, retired, expires))
         return tuple(keys)
 
@@ -642,7 +645,6 @@ class SqliteStore:
 
         def add(txn: Txn) -> tuple[SigningKey, ...]:
             db, now = txn.db, txn.now_ns
-            # Read first: a key that cannot be opened fails the job before it has written.
             keys = self._signing_keys(db)
             db.execute(
                 "UPDATE signing_keys SET retire_time_ns=?, expire_time_ns=?+lifetime_ns WHERE retire_time_ns IS NULL",
@@ -680,10 +682,15 @@ class SqliteStore:
         keyring = self._codec.keyring
 
         def reseal(txn: Txn) -> int:
-            keys = self._signing_keys(txn.db)  # every key opened before any is written
+            # Every key opened before any is written; one no key opens is past saving.
+            keys = [k for k in self._signing_keys(txn.db) if k.private_key is not None]
             txn.db.conn.executemany(
                 "UPDATE signing_keys SET sealed=? WHERE kid=?",
-                [(keyring.seal(k.private_key, uid=_signing_key_uid(k.kid), version=0), k.kid) for k in keys],
+                [
+                    (keyring.seal(k.private_key, uid=_signing_key_uid(k.kid), version=0), k.kid)
+                    for k in keys
+                    if k.private_key
+                ],
             )
             return len(keys)
 
