@@ -1,8 +1,7 @@
 """The gRPC API: the method table every call goes through, the guard around every
 method but Health/Check (request id, authentication, the one error map, audit),
 the services and the CRUD they share, the token controller, health and
-reflection. Uses auth, watch
-and store; nothing below imports it."""
+reflection. Uses auth, watch and store; nothing below imports it."""
 
 from ._assembly import SERVICE_NAMES, method_table
 from ._crud import Crud

@@ -76,7 +76,7 @@ def principal() -> Principal:
 class Guard:
     """Wraps a method handler with request id, authentication, error map and audit."""
 
-    def __init__(self, audit: AuditLog, trust_domain: str, tokens: Tokens | None = None) -> None:
+    def __init__(self, audit: AuditLog, trust_domain: str, tokens: Tokens) -> None:
         self._audit = audit
         self._trust_domain = trust_domain
         self._tokens = tokens
@@ -97,11 +97,7 @@ class Guard:
         # Only the URI SAN names a SPIFFE ID; a CN or DNS name that looks like one does not.
         # With a token too, the connection must be one that authenticates by itself.
         principal = principal_from_certificate(next(iter(pems)), self._trust_domain)
-        if token:
-            if self._tokens is None:
-                raise Unauthenticated("this server takes no bearer tokens", reason="TOKEN_NOT_SUPPORTED")
-            principal = self._tokens.authenticate(token)
-        req.principal = principal
+        req.principal = self._tokens.authenticate(token) if token else principal
 
     def wrap(
         self, method: str, handler: grpc.RpcMethodHandler, *, allow_all: tuple[str, str] | None = None

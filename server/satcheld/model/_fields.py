@@ -102,13 +102,10 @@ def validate(obj: Resource) -> None:
             v.add(f"{f}.type", f"unknown secret type {obj.type}")
         check_data(v, f"{f}.data", obj.data)
         check_type_rules(v, f"{f}.data", obj.type, obj.data)
-        if obj.type == TOKEN:
-            if obj.service_account:
-                check_name(v, f"{f}.service_account", obj.service_account)
-            else:
-                v.add(f"{f}.service_account", "is required for a token secret: the account whose token it holds")
-        elif obj.service_account:
-            v.add(f"{f}.service_account", "only token secrets name a service account")
+        if obj.service_account:
+            check_name(v, f"{f}.service_account", obj.service_account)
+        elif obj.type == TOKEN:
+            v.add(f"{f}.service_account", "is required for a token secret: the account whose token it holds")
         for part in ("period", "grace_period"):
             if obj.rotation.HasField(part):
                 d = getattr(obj.rotation, part)
@@ -151,6 +148,9 @@ def prepare_create(obj: Resource, *, trust_domain: str) -> None:
     v = Violations()
     if isinstance(obj, Secret) and obj.type == TOKEN and obj.data:
         v.add("secret.data", "the server fills in a token secret's data: give only its service_account")
+    if isinstance(obj, Secret) and obj.type != TOKEN and obj.service_account:
+        # On create only: secrets stored before this rule keep the field they cannot unset.
+        v.add("secret.service_account", "only token secrets name a service account")
     if isinstance(obj, ServiceAccount) and len(meta.name) > MAX_SERVICE_ACCOUNT_NAME and is_dns_subdomain(meta.name):
         v.add(
             "service_account.metadata.name",
