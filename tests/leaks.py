@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from satchel.v1 import secret_pb2
 from satcheld._config import ServerConfig
 from satcheld.errors import DataLoss
 from satcheld.store import KeyRing
@@ -22,6 +23,8 @@ from satcheld.store._codec import Codec
 
 MIN_LENGTH = 8  # shorter values ("a", "1") would be found by chance
 REFERENCED = -1  # history rows holding a related object's state (store/_sqlite.py)
+# A token secret's keys besides `token`: its namespace and the CA certificate, which are not secret.
+PUBLIC_TOKEN_KEYS = ("namespace", "ca.crt")
 
 
 def stored_values(config: ServerConfig) -> set[bytes]:
@@ -43,7 +46,8 @@ def stored_values(config: ServerConfig) -> set[bytes]:
             obj = codec.decode(kind, body, sealed)
         except DataLoss:  # sealed under a key the test removed from the ring
             continue
-        values.update(v for v in getattr(obj, "data", {}).values() if len(v) >= MIN_LENGTH)
+        public = PUBLIC_TOKEN_KEYS if getattr(obj, "type", 0) == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN else ()
+        values.update(v for k, v in getattr(obj, "data", {}).items() if len(v) >= MIN_LENGTH and k not in public)
     return values
 
 

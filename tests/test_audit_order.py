@@ -131,7 +131,7 @@ CALLS: list[tuple[str, str, Call, Code]] = [
     (
         "later",
         "admin",
-        lambda s, md: s.tokens.ReviewToken(token_pb2.ReviewTokenRequest(), metadata=md),
+        lambda s, md: s.secrets.RotateSecret(secret_pb2.RotateSecretRequest(), metadata=md),
         Code.UNIMPLEMENTED,
     ),
     (

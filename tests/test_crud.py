@@ -225,7 +225,7 @@ async def test_update_mask_star_replaces_everything_mutable(admin) -> None:
     assert dict(replaced.metadata.labels) == {"b": "2"}
     assert dict(replaced.metadata.annotations) == {}
     assert replaced.description == ""
-    assert list(replaced.secrets) == []
+    assert [ref.name for ref in replaced.secrets] == ["svc-token"]  # the account's token secret stays listed
 
     secrets = SECRETS.api(admin)
     await secrets.create(SECRETS.make("cfg", labels={"a": "1"}, data={"one": b"1", "two": b"2"}))
@@ -291,8 +291,8 @@ async def test_update_mask_with_a_path_that_cannot_change(admin, kind: Kind, pat
 
 async def test_output_only_rotation_times_ignored_on_update(admin) -> None:
     api = SECRETS.api(admin)
-    await api.create(SECRETS.make("rot"))
-    request = SECRETS.make("rot")
+    await SERVICE_ACCOUNTS.api(admin).create(SERVICE_ACCOUNTS.make("rot"))  # its token secret has a period
+    request = SECRETS.make("rot-token", data={})
     request.rotation.period.FromSeconds(3600)
     request.rotation.last_rotate_time.FromSeconds(1_000)
     request.rotation.next_rotate_time.FromSeconds(2_000)

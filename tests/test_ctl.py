@@ -136,9 +136,14 @@ class Result:
 def ctl(server: Server):
     """ctl(*args, env=None) runs satchelctl with the server's exported settings."""
 
-    def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    def run(*args: str, env: dict[str, str] | None = None, input: str = "") -> Result:
         proc = subprocess.run(
-            [satchelctl(), *args], env=server.env if env is None else env, capture_output=True, text=True, timeout=WAIT
+            [satchelctl(), *args],
+            env=server.env if env is None else env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            input=input,  # never the test's own stdin
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -596,12 +601,78 @@ def test_rotate_and_token_review_report_the_server_answer(ctl, ns) -> None:
         assert rotated.code == 1
         assert rotated.err.startswith("error: UNIMPLEMENTED: ")
 
-    reviewed = ctl("token", "review", "not-a-token", "--audience", "peers", "-o", "json")
-    if reviewed.code == 0:
-        assert reviewed.json().get("authenticated", False) is False
-    else:
-        assert reviewed.code == 1
-        assert reviewed.err.startswith("error: UNIMPLEMENTED: ")
+    reviewed = ctl("token", "review", "--audience", "peers", "-o", "json", input="not-a-token\n")
+    assert reviewed.json().get("authenticated", False) is False
+    assert reviewed.json()["reason"] == "the bearer token is not a well-formed JWT"
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens and signing keys
+
+
+def _token(ctl, name: str, ns: str) -> str:
+    assert ctl("sa", "create", name, "-n", ns).code == 0
+    secret = ctl("secret", "get", f"{name}-token", "-n", ns, "-o", "json").json()
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def test_token_review_reads_the_token_from_stdin_or_a_file_never_argv(ctl, ns, tmp_path) -> None:
+    token = _token(ctl, "app", ns)
+    from_stdin = ctl("token", "review", "-o", "json", input=token + "\n")
+    assert from_stdin.json()["authenticated"] is True
+    assert from_stdin.json()["username"] == f"system:serviceaccount:{ns}:app"
+    path = tmp_path / "token"
+    path.write_text(token)
+    table = ctl("token", "review", "--token-file", str(path))
+    assert table.code == 0, table.err
+    assert re.search(r"^authenticated\s+true$", table.out, re.M)
+    assert re.search(
+        rf"^groups\s+system:authenticated,system:serviceaccounts,system:serviceaccounts:{ns}$", table.out, re.M
+    )
+    assert token not in table.out + table.err
+    refused = ctl("token", "review", "--audience", "peers", "-o", "json", input=token)
+    assert refused.json()["reason"] == 'the token is not meant for "peers"'
+
+    assert ctl("token", "review", token).code == 2  # an argument would show it in the process list
+    empty = ctl("token", "review", input="")
+    assert empty.code == 2 and "stdin" in empty.err
+    missing = ctl("token", "review", "--token-file", str(tmp_path / "none"))
+    assert missing.code == 2 and str(tmp_path / "none") in missing.err
+
+
+def test_a_token_given_to_satchelctl_makes_it_the_service_account(ctl, ns, server: Server) -> None:
+    token = _token(ctl, "app", ns)
+    got = ctl("--token", token, "sa", "get", "app", "-n", ns, "-o", "json")
+    assert got.json()["username"] == f"system:serviceaccount:{ns}:app"
+    denied = ctl("secret", "list", "-n", ns, "--token", token)
+    assert denied.code == 1
+    assert denied.err.startswith(f"error: PERMISSION_DENIED: sa:{ns}/app may not list secrets")
+    env = {**server.env, "SATCHEL_TOKEN": "not-a-token"}
+    bad = ctl("sa", "get", "app", "-n", ns, env=env)
+    assert bad.code == 1 and bad.err.startswith("error: UNAUTHENTICATED: the bearer token is not a well-formed JWT")
+
+
+def test_token_jwks_and_admin_rotate_signing_key(ctl, ns, server: Server) -> None:
+    token = _token(ctl, "app", ns)
+    before = ctl("token", "jwks").json()
+    assert [k["kty"] for k in before["keys"]] == ["EC"] * len(before["keys"])
+    assert ctl("token", "jwks", "-o", "yaml").yaml() == before
+
+    rotated = ctl("admin", "rotate-signing-key")
+    assert rotated.code == 0, rotated.err
+    header, kid = rotated.out.split()
+    assert header == "KEY-ID"
+    as_json = ctl("admin", "rotate-signing-key", "-o", "json").json()
+    assert set(as_json) == {"key_id"} and as_json["key_id"] != kid
+    after = [k["kid"] for k in ctl("token", "jwks").json()["keys"]]
+    assert after[-2:] == [kid, as_json["key_id"]] and after[: len(before["keys"])] == [k["kid"] for k in before["keys"]]
+    assert ctl("token", "review", "-o", "json", input=token).json()["authenticated"] is True  # old keys verify
+
+    certs = server.data / "certs"
+    issued = ctl("certs", "issue", "--dir", str(certs), "user", "carol")
+    crt, key = issued.out.splitlines()
+    denied = ctl("admin", "rotate-signing-key", "--cert", crt, "--key", key)
+    assert denied.code == 1 and denied.err.startswith("error: PERMISSION_DENIED: user:carol may not rotate-signing-key")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -185,8 +185,9 @@ async def test_a_node_gets_the_data_of_its_secrets_and_nothing_of_others(connect
     node = connect(pki.identity("node", "n1"))
     snap = Watcher.open(node, SECRETS, "n1", send_initial=True)
     await snap.wait_for(lambda: any(e.type == SYNCED for e in snap.events), "SYNCED")
-    assert [e.key for e in snap.object_events()] == ["default/mine"]
-    assert snap.objects[0].data["password"], "a node reads the data of its secrets"
+    # Its workload's secret, and the token secret of the account it runs as (`default`).
+    assert [e.key for e in snap.object_events()] == ["default/default-token", "default/mine"]
+    assert snap.objects[0].data["token"] and snap.objects[1].data["password"], "a node reads the data of its secrets"
     # Get follows the same graph, and is refused before existence is known.
     got = await SECRETS.api(node).get("mine")
     assert got.data

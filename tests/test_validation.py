@@ -199,7 +199,8 @@ async def test_bad_annotations(admin, unchanged, kind: Kind) -> None:
 async def test_limits_are_inclusive(admin, kind: Kind) -> None:
     """The edges of each rule are accepted, so the rejections above are about the rule."""
     api = kind.api(admin)
-    longest = ".".join(["a" * 63] * 4)[:253]
+    # A service account's name leaves room for its token secret's, `<name>-token`.
+    longest = ".".join(["a" * 63] * 4)[: 247 if kind is SERVICE_ACCOUNTS else 253]
     labels = {"example.com/" + "k" * 63: "v" * 63, "empty": "", "a-b_c.d": "x"}
     annotations = {"big": "x" * (256 * 1024 - 3)}
     created = await api.create(kind.make(longest, namespace="n" * 63, labels=labels, annotations=annotations))
@@ -383,10 +384,21 @@ def _rotation(period: tuple[int, int] | None = None, grace: tuple[int, int] | No
 
 BAD_SECRET_FIELDS = {
     "unknown-type": (_secret(type=99), {"secret.type"}),
-    "token-type-by-hand": (_secret(type=T.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN), {"secret.type"}),
-    "bad-service-account": (_secret(service_account="Bad"), {"secret.service_account"}),
+    # A token secret names its account; the server fills in its data.
+    "token-without-account": (
+        _secret(type=T.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, data={}),
+        {"secret.service_account"},
+    ),
+    "token-with-data": (_secret(type=T.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, service_account="sa"), {"secret.data"}),
+    "bad-service-account": (
+        _secret(type=T.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, service_account="Bad", data={}),
+        {"secret.service_account"},
+    ),
+    "account-on-an-opaque-secret": (_secret(service_account="sa"), {"secret.service_account"}),
     "negative-period": (_secret(rotation=_rotation(period=(-5, 0))), {"secret.rotation.period"}),
-    "period-under-1s": (_secret(rotation=_rotation(period=(0, 500_000_000))), {"secret.rotation.period"}),
+    "period-under-1m": (_secret(rotation=_rotation(period=(59, 999_999_999))), {"secret.rotation.period"}),
+    # The server makes new values for token secrets only.
+    "period-on-an-opaque-secret": (_secret(rotation=_rotation(period=(3600, 0))), {"secret.rotation.period"}),
     "period-too-long": (_secret(rotation=_rotation(period=(2**62, 0))), {"secret.rotation.period"}),
     "period-bad-nanos": (_secret(rotation=_rotation(period=(10, 2_000_000_000))), {"secret.rotation.period"}),
     "negative-grace": (_secret(rotation=_rotation(grace=(0, -1))), {"secret.rotation.grace_period"}),
@@ -604,5 +616,5 @@ async def test_a_stale_etag_is_aborted_before_the_fields_of_a_well_formed_update
 async def test_a_token_secret_with_a_bad_key_names_both(admin, unchanged) -> None:
     secret = SECRETS.make("token", type=T.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, data={"a/b": b"v"})
     f = await failure(SECRETS.api(admin).create(secret), Code.INVALID_ARGUMENT)
-    _rejected_fields({"secret.type", _data_field("a/b")}, f.fields)
+    _rejected_fields({"secret.service_account", "secret.data", _data_field("a/b")}, f.fields)
     await unchanged()

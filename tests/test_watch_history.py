@@ -43,7 +43,7 @@ from watchkit import (
     state_of,
 )
 
-from satchel.v1 import service_account_pb2
+from satchel.v1 import secret_pb2, service_account_pb2
 
 SEEDS = [11, 23, 37]
 WRITERS = 4
@@ -472,9 +472,10 @@ def recorded(recorder: Watcher) -> list[Record]:
 
 def check_binding_history(recorders: list[Watcher], outcomes: list[Outcome], final: int) -> list[Record]:
     """The three recorders together must be a consistent history of exactly the
-    writes that succeeded: every revision 1..final one write's commit (a delete
-    alone; a create or update, with the `default` account it created for a
-    workload), every state a write returned at its revision."""
+    writes that succeeded: every revision 1..final one write's commit, with what
+    the server writes beside it (an account's token secret, created and deleted
+    with the account; the `default` account a workload creates, and its token
+    secret), every state a write returned at its revision."""
     history = sorted((r for w in recorders for r in recorded(w)), key=lambda r: r.event.revision)
     by_revision: dict[int, list[Record]] = defaultdict(list)
     for r in history:
@@ -489,24 +490,47 @@ def check_binding_history(recorders: list[Watcher], outcomes: list[Outcome], fin
         ok = any(r.ident == (o.kind, o.key) and r.event.state == o.state for r in by_revision.get(revision, ()))
         assert ok, f"{o.op} {o.kind} {o.key} returned a state not in history"
         claimed[revision].add((o.kind, o.key))
+    cascaded: list[Ident] = []  # token secrets deleted with their account
     for revision, records in sorted(by_revision.items()):
         if any(r.event.type == DELETED for r in records):
-            assert len(records) == 1, f"revision {revision}: a delete and other changes: {records}"
+            # A delete alone, or an account's with its token secret's.
+            if len(records) == 2:
+                account, token = sorted(records, key=lambda r: r.kind != SERVICE_ACCOUNTS.name)
+                assert (account.kind, token.kind) == (SERVICE_ACCOUNTS.name, SECRETS.name), f"{revision}: {records}"
+                assert token.event.key == f"{account.event.key}-token", f"revision {revision}: {records}"
+                assert {r.event.type for r in records} == {DELETED}, f"revision {revision}: {records}"
+                cascaded.append(token.ident)
+            else:
+                assert len(records) == 1, f"revision {revision}: a delete and other changes: {records}"
             continue
-        if len(records) == 1:
-            assert records[0].ident in claimed[revision], f"revision {revision}: a change nobody made: {records}"
-            continue
-        # A workload's commit that created the `default` account it uses.
-        assert len(records) == 2, f"revision {revision}: {records}"
-        made, put = sorted(records, key=lambda r: r.kind != SERVICE_ACCOUNTS.name)
+        # An update that changed nothing returns the state it found: the `default`
+        # account a workload made may be claimed at the workload's revision too.
+        claims = [r for r in records if r.ident in claimed[revision]]
+        written = [r for r in claims if r.kind == WORKLOADS.name] or claims
+        assert len(written) == 1, f"revision {revision}: a change nobody made: {records}"
+        put = written[0]
         namespace = put.event.key.split("/")[0]
-        assert put.ident in claimed[revision] and put.kind == WORKLOADS.name, f"revision {revision}: {records}"
-        assert put.obj.service_account == "default", f"revision {revision}: {records}"
-        assert made.ident == (SERVICE_ACCOUNTS.name, f"{namespace}/default") and made.event.type == ADDED, (
-            f"revision {revision}: a change nobody made: {records}"
-        )
+        made = {r.ident: r for r in records if r is not put}
+        expected: set[Ident] = set()
+        if put.kind == SERVICE_ACCOUNTS.name and put.event.type == ADDED:
+            expected = {(SECRETS.name, f"{put.event.key}-token")}
+        elif put.kind == WORKLOADS.name and made:
+            assert put.obj.service_account == "default", f"revision {revision}: {records}"
+            expected = {(SERVICE_ACCOUNTS.name, f"{namespace}/default"), (SECRETS.name, f"{namespace}/default-token")}
+        assert set(made) == expected, f"revision {revision}: a change nobody made: {records}"
+        for ident, r in made.items():
+            assert r.event.type == ADDED, f"revision {revision}: {records}"
+            if ident[0] == SECRETS.name:
+                account = ident[1].removesuffix("-token").split("/")[1]
+                assert (r.obj.type, r.obj.service_account) == (secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, account)
+            else:
+                assert [ref.name for ref in r.obj.secrets] == ["default-token"], f"revision {revision}: {records}"
+        if put.kind == SERVICE_ACCOUNTS.name:
+            # The account lists its token secret, whatever its writer gave as its secrets.
+            assert f"{put.event.key.split('/')[1]}-token" in [ref.name for ref in put.obj.secrets], f"{records}"
     deletes = Counter((o.kind, o.key) for o in outcomes if o.state is None)
-    assert Counter(r.ident for r in history if r.event.type == DELETED) == deletes
+    deleted = Counter(r.ident for r in history if r.event.type == DELETED)
+    assert deleted - Counter(cascaded) == deletes
     return history
 
 

@@ -383,10 +383,22 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
             print(line, flush=True)
 
 
+def _token_to_review(args: argparse.Namespace) -> str:
+    """The token from --token-file or stdin: never from the command line, where the
+    process list and the shell history would show it."""
+    source = args.token_file or "-"
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--token-file: cannot read {source}: {getattr(e, 'strerror', None) or e}") from None
+    token = text.strip()
+    if not token:
+        raise UsageError("no token to review: give it on stdin or with --token-file PATH")
+    return token
+
+
 def _review(client: Client, args: argparse.Namespace) -> None:
-    # `-` keeps the token out of the process list and the shell history.
-    token = sys.stdin.readline().strip() if args.token_value == "-" else args.token_value
-    response = client.review_token(token, audiences=args.audience or [])
+    response = client.review_token(_token_to_review(args), audiences=args.audience or [])
     if args.output != "table":
         _dump(_to_dict(response), args.output)
         return
@@ -403,6 +415,18 @@ def _review(client: Client, args: argparse.Namespace) -> None:
             ("reason", response.reason),
         ],
     )
+
+
+def _jwks(client: Client, args: argparse.Namespace) -> None:
+    _dump(client.get_public_keys(), args.output)
+
+
+def _rotate_signing_key(client: Client, args: argparse.Namespace) -> None:
+    response = client.rotate_signing_key()
+    if args.output == "table":
+        _table(("KEY-ID",), [(response.key_id,)])
+    else:
+        _dump(_to_dict(response), args.output)
 
 
 def _can_i(client: Client, args: argparse.Namespace) -> int:
@@ -604,11 +628,20 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="bearer tokens")
     token_sub = token.add_subparsers(dest="verb", required=True, metavar="VERB")
     review = token_sub.add_parser(
-        "review", parents=[p["connection"], p["output"]], help="is TOKEN valid, and whose is it?"
+        "review",
+        parents=[p["connection"], p["output"]],
+        help="is a token valid, and whose is it? (the token on stdin, or --token-file)",
     )
-    review.add_argument("token_value", metavar="TOKEN", help="the token, or - to read it from stdin")
+    review.add_argument(
+        "--token-file", metavar="PATH", help="read the token from PATH (default: stdin, - too); never an argument"
+    )
     review.add_argument("--audience", action="append", help="an audience the token must have (repeatable)")
     review.set_defaults(run=_review)
+    jwks = token_sub.add_parser("jwks", parents=[p["connection"]], help="print the JWKS that verifies tokens offline")
+    jwks.add_argument("-o", "--output", choices=("json", "yaml"), default="json", help="output format (default json)")
+    jwks.set_defaults(run=_jwks)
+
+    _add_admin(sub, p)
 
     auth = sub.add_parser("auth", help="what you may do")
     auth_sub = auth.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -621,6 +654,18 @@ def build_parser() -> argparse.ArgumentParser:
     can_i.add_argument("-n", "--namespace", default="", help="namespace (default: all namespaces)")
     can_i.set_defaults(run=_can_i)
     return parser
+
+
+def _add_admin(sub: Any, p: dict[str, argparse.ArgumentParser]) -> None:
+    """`admin`: key maintenance, for admins only."""
+    admin = sub.add_parser("admin", help="key maintenance (admins only)")
+    admin_sub = admin.add_subparsers(dest="verb", required=True, metavar="VERB")
+    rotate_key = admin_sub.add_parser(
+        "rotate-signing-key",
+        parents=[p["connection"], p["output"]],
+        help="make a new token signing key; the old one verifies its tokens until they expire",
+    )
+    rotate_key.set_defaults(run=_rotate_signing_key)
 
 
 # ---------------------------------------------------------------------------------------------

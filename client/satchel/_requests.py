@@ -294,7 +294,9 @@ def create_secret(
     `data` values may be bytes or str (encoded as UTF-8). `type` is a `SecretType` value or a short
     name: opaque, tls, basic-auth, docker-config-json, service-account-token. With
     `rotation_period` the server rotates the secret on schedule, keeping the previous version valid
-    for `grace_period`. Give the fields, or a ready proto as `secret=`.
+    for `grace_period`. A service-account-token secret names its `service_account` (one that has
+    no token secret) and no data: the server fills it in. Give the fields, or a ready proto as
+    `secret=`.
     """
     if secret is None:
         secret = Secret(

@@ -80,7 +80,37 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--history-age", type=_duration, default=_env("history_age", "1h"))
     serve.add_argument("--history-events", type=_positive_int, default=_env("history_events", "100000"))
     serve.add_argument("--bookmark-interval", type=_positive_duration, default=_env("bookmark_interval", "10s"))
+    serve.add_argument("--token-issuer", default=_env("token_issuer", "satchel"), help="tokens' iss (default satchel)")
+    serve.add_argument(
+        "--token-audience",
+        default=_env("token_audience", "satchel"),
+        help="tokens' aud, which bearer tokens must carry (default satchel)",
+    )
+    serve.add_argument(
+        "--token-lifetime",
+        type=_token_lifetime,
+        default=_env("token_lifetime", "24h"),
+        help="how long a token is valid (default 24h)",
+    )
     return parser
+
+
+def _token_lifetime(text: str) -> timedelta:
+    value = _duration(text)
+    if value < timedelta(seconds=1):
+        raise argparse.ArgumentTypeError(f"expected a duration of at least 1s, not {text!r}")
+    return value
+
+
+def _token_settings(args: argparse.Namespace) -> dict[str, Any]:
+    for flag in ("token_issuer", "token_audience"):
+        if not getattr(args, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')} must not be empty")
+    return {
+        "token_issuer": args.token_issuer,
+        "token_audience": args.token_audience,
+        "token_lifetime": args.token_lifetime,
+    }
 
 
 def _dev_config(args: argparse.Namespace) -> ServerConfig:
@@ -116,6 +146,7 @@ def _dev_config(args: argparse.Namespace) -> ServerConfig:
         history_age=args.history_age,
         history_events=args.history_events,
         bookmark_interval=args.bookmark_interval,
+        **_token_settings(args),
     )
 
 
@@ -136,6 +167,7 @@ def _explicit_config(args: argparse.Namespace) -> ServerConfig:
         history_age=args.history_age,
         history_events=args.history_events,
         bookmark_interval=args.bookmark_interval,
+        **_token_settings(args),
     )
 
 

@@ -33,6 +33,9 @@ class ServerConfig:
     history_age: timedelta = timedelta(hours=1)
     history_events: int = 100_000
     bookmark_interval: timedelta = timedelta(seconds=10)
+    token_issuer: str = "satchel"  # a token's `iss`
+    token_audience: str = "satchel"  # a token's `aud`, and what bearer tokens must be meant for
+    token_lifetime: timedelta = timedelta(hours=24)  # from a token's signing to its `exp`
     watch_buffer_events: int = 10_000  # per stream, before it is cut off
     watch_buffer_bytes: int = 16 * 1024 * 1024
     shutdown_grace: float = 5.0

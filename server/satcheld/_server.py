@@ -1,6 +1,7 @@
-"""Assembles one server: reads its files, opens the store, builds the hub, the
-authorizer and the method table, listens on TLS, and runs the background tasks
-(bookmarks, history compaction) until stopped."""
+"""Assembles one server: reads its files, opens the store, loads the token
+signing keys, builds the hub, the authorizer and the method table, listens on
+TLS, and runs the background tasks (bookmarks, history compaction, deleting
+expired signing keys) until stopped."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from .api import (
     HealthService,
     PageTokens,
     Rotator,
+    TokenSecrets,
     method_table,
 )
-from .auth import Authorizer, NodeGraph, Policy, PolicyError
+from .auth import Authorizer, NodeGraph, Policy, PolicyError, Tokens
 from .store import KeyRing, SqliteStore
 from .watch import WatchHub
 
@@ -65,6 +67,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._audit: AuditLog | None = None
         self._authorizer: Authorizer | None = None
+        self.tokens: Tokens | None = None
         self._health = HealthService()
         self.address = ""
 
@@ -99,8 +102,11 @@ class Server:
             raise ConfigError(
                 "--bookmark-interval must be above 0, --history-events at least 1, --history-age not negative"
             )
+        if c.token_lifetime.total_seconds() < 1 or not c.token_issuer or not c.token_audience:
+            raise ConfigError("--token-lifetime must be at least 1s; --token-issuer and --token-audience not empty")
         authority = self._authority()
         credentials = self._credentials(authority)
+        ca_cert = read_certificates(c.ca_cert, "CA certificate")
         try:
             keyring = KeyRing.load(c.encryption_key_file)
             policy = Policy.load(c.policy)
@@ -116,6 +122,9 @@ class Server:
         except Exception as e:
             raise ConfigError(f"cannot open database {c.db}: {e}") from None
 
+        tokens = self.tokens = Tokens(
+            self._store, issuer=c.token_issuer, audience=c.token_audience, lifetime=c.token_lifetime
+        )
         graph = NodeGraph()
         await graph.load(self._store)
         self.hub = WatchHub(
@@ -130,10 +139,12 @@ class Server:
         authorizer.on_policy_change(
             lambda: hub.rescope(lambda owner, view: authorizer.scope(owner, "watch", view.kind, view.namespace))
         )
-        crud = Crud(self._store, self.hub, authorizer, PageTokens(keyring.derive("page-token")), c.trust_domain)
+        token_secrets = TokenSecrets(tokens, ca_cert, c.trust_domain)
+        page_tokens = PageTokens(keyring.derive("page-token"))
+        crud = Crud(self._store, self.hub, authorizer, page_tokens, c.trust_domain, token_secrets)
         self.rotator = Rotator(self._store, crud)
         await self.rotator.load()
-        methods = method_table(crud, Guard(self._audit, c.trust_domain), self._health, authority)
+        methods = method_table(crud, Guard(self._audit, c.trust_domain, tokens), self._health, authority)
         server = self._grpc = aio.server(handlers=(methods,), options=server_options(c), maximum_concurrent_rpcs=None)
 
         host = c.listen.rpartition(":")[0]
@@ -143,6 +154,8 @@ class Server:
             raise ConfigError(f"cannot listen on {c.listen}: {e}") from None
         if bound == 0:
             raise ConfigError(f"cannot listen on {c.listen}")
+        # Once the port is ours (a server that cannot listen makes no key), before the first call.
+        await tokens.start()
         await server.start()
         self.address = f"{host}:{bound}"
         for name in ("", *SERVICE_NAMES):
@@ -151,6 +164,7 @@ class Server:
             asyncio.create_task(self.hub.run_bookmarks(), name="satchel-bookmarks"),
             asyncio.create_task(self._run_compaction(), name="satchel-compaction"),
             asyncio.create_task(self.rotator.run(), name="satchel-rotation"),
+            asyncio.create_task(self._run_key_pruning(tokens), name="satchel-signing-keys"),
         ]
         return self.address
 
@@ -192,6 +206,16 @@ class Server:
                 await self.compact()
             except Exception:
                 log.exception("history compaction failed; will retry")
+
+    async def _run_key_pruning(self, tokens: Tokens) -> None:
+        """Deletes the retired signing keys whose last token has expired."""
+        interval = min(60.0, max(1.0, self.config.token_lifetime.total_seconds() / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await tokens.keys.prune()
+            except Exception:
+                log.exception("deleting expired signing keys failed; will retry")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets running ones finish within the grace, closes the store."""

@@ -79,7 +79,9 @@ class ServiceAccountServiceServicer:
     """
 
     def CreateServiceAccount(self, request, context):
-        """Creates a service account together with its token secret `<name>-token`.
+        """Creates a service account together with its token secret `<name>-token`,
+        which its `secrets` then list, in one write. A name leaves room for the
+        secret's: at most 247 characters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,7 +109,8 @@ class ServiceAccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteServiceAccount(self, request, context):
-        """Deletes a service account and its token secret.
+        """Deletes a service account and its token secret, in one write: its tokens
+        stop working at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class TokenServiceStub:
-    """TokenService lets peers check service-account tokens.
+    """TokenService lets peers check service-account tokens. Tokens are JWTs signed
+    with ES256: `iss`, `sub` (the account's username), `aud`, `iat`, `nbf`,
+    `exp`, `jti`, the signing key's `kid` in the header, and under `satchel.dev`
+    the namespace, the account (name, uid) and its token secret (name, uid,
+    version). Any authenticated caller may use both methods.
     """
 
     def __init__(self, channel):
@@ -48,11 +52,19 @@ class TokenServiceStub:
 
 
 class TokenServiceServicer:
-    """TokenService lets peers check service-account tokens.
+    """TokenService lets peers check service-account tokens. Tokens are JWTs signed
+    with ES256: `iss`, `sub` (the account's username), `aud`, `iat`, `nbf`,
+    `exp`, `jti`, the signing key's `kid` in the header, and under `satchel.dev`
+    the namespace, the account (name, uid) and its token secret (name, uid,
+    version). Any authenticated caller may use both methods.
     """
 
     def ReviewToken(self, request, context):
-        """Says whether a bearer token is valid, and whose it is.
+        """Says whether a bearer token is valid, and whose it is: signed by one of the
+        server's keys, within its validity, its account and token secret still
+        there, and its secret's version the current one (or the previous one until
+        `previous_version_expire_time`). A token that is not valid is an answer
+        (`authenticated` false, with the `reason`), not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,7 +72,8 @@ class TokenServiceServicer:
 
     def GetPublicKeys(self, request, context):
         """Returns the JSON Web Key Set that verifies tokens offline: the current
-        signing key and the previous ones still in use.
+        signing key and the previous ones until the last token each signed has
+        expired.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,7 +101,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TokenService:
-    """TokenService lets peers check service-account tokens.
+    """TokenService lets peers check service-account tokens. Tokens are JWTs signed
+    with ES256: `iss`, `sub` (the account's username), `aud`, `iat`, `nbf`,
+    `exp`, `jti`, the signing key's `kid` in the header, and under `satchel.dev`
+    the namespace, the account (name, uid) and its token secret (name, uid,
+    version). Any authenticated caller may use both methods.
     """
 
     @staticmethod

@@ -79,7 +79,7 @@ def method_table(
     )
     secret_pb2_grpc.add_SecretServiceServicer_to_server(SecretService(crud), guarded)
     workload_pb2_grpc.add_WorkloadServiceServicer_to_server(WorkloadService(crud), guarded)
-    token_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(), guarded)
+    token_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(crud), guarded)
     authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(AuthorizationService(crud.authorizer), guarded)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(crud), guarded)
     open_to_all = methods.registrar(_open_to_all(guard))

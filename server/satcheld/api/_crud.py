@@ -22,7 +22,6 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Unimplemented,
 )
 from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, LabelSelector, R, Violations, shown
 from ..store import Store, Transaction
@@ -30,19 +29,27 @@ from ..watch import View, WatchHub
 from . import _guard
 from ._get_cache import GetCache
 from ._paging import MAX_PAGE_BYTES, PageTokens, page_size
+from ._token_secrets import TokenSecrets
 
 
 class Crud:
     """The operations every kind shares, authorized and audited per request."""
 
     def __init__(
-        self, store: Store, hub: WatchHub, authorizer: Authorizer, page_tokens: PageTokens, trust_domain: str
+        self,
+        store: Store,
+        hub: WatchHub,
+        authorizer: Authorizer,
+        page_tokens: PageTokens,
+        trust_domain: str,
+        token_secrets: TokenSecrets,
     ) -> None:
         self.store = store
         self.hub = hub
         self.authorizer = authorizer
         self._page_tokens = page_tokens
         self.trust_domain = trust_domain
+        self.token_secrets = token_secrets
         self._get_cache = GetCache()
         store.add_listener(self._get_cache.forget)
 
@@ -96,13 +103,17 @@ class Crud:
                 raise AlreadyExists(f"{KINDS[kind].noun} {meta.namespace}/{meta.name} already exists")
             if isinstance(obj, workload_pb2.Workload):
                 self._ensure_service_account(txn, obj)
+            elif isinstance(obj, service_account_pb2.ServiceAccount):
+                return cast(R, self.token_secrets.create_account(txn, obj))
+            elif isinstance(obj, secret_pb2.Secret) and obj.type == model.TOKEN:
+                return cast(R, self.token_secrets.create_token_secret(txn, obj))
             return txn.put(obj)
 
         created = await self.store.write(write)
         return model.visible(created, with_data=self._shows_data(kind, namespace, created.metadata.name))
 
     def _ensure_service_account(self, txn: Transaction, workload: workload_pb2.Workload) -> None:
-        """`default` is created on first use; any other account must exist."""
+        """`default` is created on first use, with its token secret; any other account must exist."""
         ns, sa = workload.metadata.namespace, workload.service_account
         if txn.get(SERVICE_ACCOUNTS, ns, sa) is not None:
             return
@@ -114,7 +125,7 @@ class Crud:
         account = service_account_pb2.ServiceAccount()
         account.metadata.namespace, account.metadata.name = ns, sa
         model.prepare_create(account, trust_domain=self.trust_domain)
-        txn.put(account)
+        self.token_secrets.create_account(txn, account)
 
     async def get(self, kind: str, namespace: str, name: str) -> bytes:
         """The serialized Get response for one object, as this caller may see it.
@@ -192,6 +203,9 @@ class Crud:
             if etag and etag != current.metadata.etag:
                 raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {shown(etag)} was read")
             model.prepare_update(current, updated)
+            if isinstance(updated, service_account_pb2.ServiceAccount):
+                assert isinstance(current, service_account_pb2.ServiceAccount)
+                self.token_secrets.keep_reference(txn, current, updated)
             if (
                 isinstance(updated, workload_pb2.Workload)
                 and isinstance(current, workload_pb2.Workload)
@@ -251,19 +265,24 @@ class Crud:
         grace: duration_pb2.Duration | None,
         now: datetime.datetime,
     ) -> secret_pb2.Secret:
-        if current.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
-            if data:
-                raise InvalidArgument([("data", "a token secret gets its new token from the server; send no data")])
-            new_data: Mapping[str, bytes] = self.renew_token(txn, current)
-        elif not data:
-            raise InvalidArgument([("data", "is required: the new version's values")])
-        else:
-            new_data = data
-        return txn.put(model.rotated(current, new_data, grace=model.grace_of(current, grace), now=now))
-
-    def renew_token(self, txn: Transaction, secret: secret_pb2.Secret) -> dict[str, bytes]:
-        """The data of a token secret's next version (with the credentials work)."""
-        raise Unimplemented("rotating a token secret is not implemented yet")
+        grace_period = model.grace_of(current, grace)
+        if current.type != secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
+            if not data:
+                raise InvalidArgument([("data", "is required: the new version's values")])
+            return txn.put(model.rotated(current, data, grace=grace_period, now=now))
+        if data:
+            raise InvalidArgument([("data", "a token secret gets its new token from the server; send no data")])
+        meta = current.metadata
+        account = txn.get(SERVICE_ACCOUNTS, meta.namespace, current.service_account)
+        if not isinstance(account, service_account_pb2.ServiceAccount):
+            raise FailedPrecondition(
+                f"service account {meta.namespace}/{current.service_account} of token secret"
+                f" {meta.namespace}/{meta.name} does not exist",
+                reason="SERVICE_ACCOUNT_NOT_FOUND",
+            )
+        new = model.rotated(current, current.data, grace=grace_period, now=now)
+        self.token_secrets.fill(txn, account, new, now=now)  # the token for the new version
+        return txn.put(new)
 
     async def watch(self, kind: str, request: Any) -> AsyncIterator[bytes]:
         """The serialized events of one Watch call (see WatchHub.stream), once the
@@ -301,6 +320,10 @@ class Crud:
                 raise NotFound(f"{KINDS[kind].noun} {namespace}/{name} not found")
             if etag and etag != current.metadata.etag:
                 raise Conflict(f"{KINDS[kind].noun} {namespace}/{name} has changed since etag {shown(etag)} was read")
+            if isinstance(current, service_account_pb2.ServiceAccount):
+                self.token_secrets.delete_account(txn, current)
             txn.delete(kind, namespace, name)
+            if isinstance(current, secret_pb2.Secret):
+                self.token_secrets.forget_secret(txn, current)
 
         await self.store.write(write)

@@ -2,7 +2,9 @@
 
 1. a request id (the caller's `x-request-id`, or a new one), sent back in the
    trailers so that a call can be matched to its audit record;
-2. authentication: the principal from the client certificate's SPIFFE ID;
+2. authentication: the principal from the client certificate's SPIFFE ID, or
+   the service account of an `authorization: Bearer <token>` on a connection
+   whose certificate authenticates too (`auth.Tokens`);
 3. the handler, which asks the authorizer and notes its verb and decision;
 4. the audit record (`_audit.py`), written before the outcome leaves: before a
    unary response is handed back to grpc, before an error status is sent, before
@@ -41,7 +43,7 @@ from typing import Any, NoReturn, cast
 import grpc
 from grpc import aio
 
-from ..auth import Principal, principal_from_certificate
+from ..auth import Principal, Tokens, principal_from_certificate
 from ..errors import InvalidArgument, SatchelError, Unauthenticated, Unavailable
 from ._audit import STARTED, AuditLog, Request
 from ._status import REQUEST_ID_KEY, Status, internal_status, status_of
@@ -74,9 +76,10 @@ def principal() -> Principal:
 class Guard:
     """Wraps a method handler with request id, authentication, error map and audit."""
 
-    def __init__(self, audit: AuditLog, trust_domain: str) -> None:
+    def __init__(self, audit: AuditLog, trust_domain: str, tokens: Tokens) -> None:
         self._audit = audit
         self._trust_domain = trust_domain
+        self._tokens = tokens
 
     def _begin(self, method: str, context: aio.ServicerContext, metadata: Any) -> Request:
         given = _metadata_value(metadata, REQUEST_ID_KEY)
@@ -90,18 +93,11 @@ class Guard:
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
             raise Unauthenticated("no client certificate was presented", reason="NO_CLIENT_CERTIFICATE")
-        for key, value in metadata or ():
-            if key in ("authorization", "authorization-bin"):
-                if isinstance(value, str) and value.startswith("Bearer "):
-                    req.token = value[len("Bearer ") :]  # the record shows which token, as its HMAC
-                # Until bearer tokens are verified, no `authorization` of any form
-                # (an empty one included) may run as the certificate's principal.
-                raise Unauthenticated(
-                    "bearer tokens are not accepted yet; call with a client certificate only",
-                    reason="TOKEN_NOT_SUPPORTED",
-                )
+        token = _bearer_token(req, metadata)
         # Only the URI SAN names a SPIFFE ID; a CN or DNS name that looks like one does not.
-        req.principal = principal_from_certificate(next(iter(pems)), self._trust_domain)
+        # With a token too, the connection must be one that authenticates by itself.
+        principal = principal_from_certificate(next(iter(pems)), self._trust_domain)
+        req.principal = self._tokens.authenticate(token) if token else principal
 
     def wrap(
         self, method: str, handler: grpc.RpcMethodHandler, *, allow_all: tuple[str, str] | None = None
@@ -196,6 +192,38 @@ class Guard:
             req.reason = "open to every principal"
 
         return authenticate_and_allow
+
+
+_BEARER = "bearer "
+
+
+def _bearer_token(req: Request, metadata: Any) -> str:
+    """The token of the call's one `authorization: Bearer <token>`, noted for the
+    audit record (which shows only its HMAC); empty if there is none. Anything
+    else that looks like credentials is refused rather than ignored: a caller
+    never ends up with the certificate's identity beside a token it sent."""
+    values = []
+    for key, value in metadata or ():
+        if key == "authorization":
+            values.append(value)
+        elif key == "authorization-bin":
+            raise Unauthenticated(
+                "binary authorization metadata is not accepted; send 'authorization: Bearer <token>'",
+                reason="BAD_AUTHORIZATION",
+            )
+    if not values:
+        return ""
+    value = values[0]
+    scheme, token = (value[: len(_BEARER)], value[len(_BEARER) :]) if isinstance(value, str) else ("", "")
+    if scheme.lower() == _BEARER:
+        req.token = token  # the record shows which token, as its HMAC
+    if len(values) > 1:
+        raise Unauthenticated(
+            f"the call carries {len(values)} authorization values; send one", reason="BAD_AUTHORIZATION"
+        )
+    if scheme.lower() != _BEARER or not token or token != token.strip():
+        raise Unauthenticated("authorization must be 'Bearer <token>'", reason="BAD_AUTHORIZATION")
+    return token
 
 
 async def _parsed(requests: AsyncIterator[bytes], parse: Callable[[bytes], Any]) -> AsyncIterator[Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 from satchel.v1 import (
+    admin_pb2,
     admin_pb2_grpc,
     authorization_pb2,
     authorization_pb2_grpc,
@@ -13,13 +14,14 @@ from satchel.v1 import (
     secret_pb2_grpc,
     service_account_pb2,
     service_account_pb2_grpc,
+    token_pb2,
     token_pb2_grpc,
     workload_pb2,
     workload_pb2_grpc,
 )
 
 from ..auth import RESOURCES, VERBS, Authorizer
-from ..errors import Unimplemented
+from ..errors import InvalidArgument, Unauthenticated, Unimplemented
 from ..model import SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Violations, shown
 from . import _guard
 from ._certificates import CertificateAuthority, issue_certificate
@@ -134,11 +136,49 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
 
 
 class TokenService(token_pb2_grpc.TokenServiceServicer):
+    """For peers: any authenticated principal may ask whether a token is valid
+    (as Kubernetes' TokenReview lets the authenticators of peers ask) and fetch
+    the keys that verify tokens offline; both are public facts about tokens
+    the asker already holds. Audited like every call, with the answer."""
+
+    def __init__(self, crud: Crud) -> None:
+        self._tokens = crud.token_secrets.tokens
+        self._authorizer = crud.authorizer
+
     async def ReviewToken(self, request, context):
-        raise _later("ReviewToken")
+        req = _guard.current()
+        req.resource, req.verb, req.decision = "tokens", "review", "allow"
+        if not request.token:
+            raise InvalidArgument([("token", "is required")])
+        audiences = list(dict.fromkeys(request.audiences)) or [self._tokens.audience]
+        try:
+            verified = self._tokens.verify(request.token)
+        except Unauthenticated as e:
+            req.reason = f"answered no: {e.message}"
+            return token_pb2.ReviewTokenResponse(authenticated=False, reason=e.message)
+        meant = [a for a in audiences if a in verified.audiences]
+        if not meant:
+            asked = shown(audiences[0]) if len(audiences) == 1 else f"any of the {len(audiences)} audiences asked for"
+            why = f"the token is not meant for {asked}"
+            req.reason = f"answered no: {why}"
+            return token_pb2.ReviewTokenResponse(authenticated=False, reason=why)
+        req.reason = f"answered yes: {verified.principal}"
+        subjects = self._authorizer.policy.subjects_of(verified.principal)
+        response = token_pb2.ReviewTokenResponse(
+            authenticated=True,
+            username=verified.username,
+            uid=verified.uid,
+            groups=sorted(s.removeprefix("group:") for s in subjects if s.startswith("group:")),
+            audiences=meant,
+        )
+        response.expire_time.FromSeconds(verified.expire_time)
+        return response
 
     async def GetPublicKeys(self, request, context):
-        raise _later("GetPublicKeys")
+        req = _guard.current()
+        req.resource, req.verb, req.decision = "signing-keys", "get", "allow"
+        req.reason = "open to every principal"
+        return token_pb2.GetPublicKeysResponse(jwks_json=self._tokens.keys.jwks())
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -153,7 +193,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def RotateSigningKey(self, request, context):
         self._r.authorize_admin("rotate-signing-key")
-        raise _later("RotateSigningKey")
+        kid = await self._r.token_secrets.tokens.keys.rotate()
+        _guard.current().reason = f"new signing key {kid}"
+        return admin_pb2.RotateSigningKeyResponse(key_id=kid)
 
 
 class AuthorizationService(authorization_pb2_grpc.AuthorizationServiceServicer):

@@ -5,6 +5,7 @@ from ._fields import (
     DEFAULT_NAMESPACE,
     DEFAULT_SERVICE_ACCOUNT,
     MUTABLE_PATHS,
+    TOKEN,
     apply_mask,
     check_namespace_and_name,
     mask_paths,
@@ -12,6 +13,8 @@ from ._fields import (
     prepare_create,
     prepare_update,
     same_content,
+    set_data_keys,
+    token_secret_name,
     visible,
 )
 from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, R, Resource, copy_of, kind_name, kind_of
@@ -31,6 +34,7 @@ __all__ = [
     "MUTABLE_PATHS",
     "SECRETS",
     "SERVICE_ACCOUNTS",
+    "TOKEN",
     "WORKLOADS",
     "Key",
     "Kind",
@@ -57,6 +61,8 @@ __all__ = [
     "references",
     "rotated",
     "same_content",
+    "set_data_keys",
     "shown",
+    "token_secret_name",
     "visible",
 ]

@@ -5,6 +5,7 @@ secret data sees. Pure functions of protos; no I/O, no gRPC.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 
 from google.protobuf import field_mask_pb2
@@ -24,12 +25,17 @@ from ._validation import (
     check_name,
     check_namespace,
     check_type_rules,
+    is_dns_subdomain,
 )
 
 DEFAULT_NAMESPACE = "default"
 # The largest google.protobuf.Duration: 10,000 years.
 MAX_DURATION_SECONDS = 315_576_000_000
 DEFAULT_SERVICE_ACCOUNT = "default"
+TOKEN = secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN
+# A service account's token secret is `<name>-token`, itself a name of at most 253.
+TOKEN_SECRET_SUFFIX = "-token"
+MAX_SERVICE_ACCOUNT_NAME = 253 - len(TOKEN_SECRET_SUFFIX)
 
 
 _META_PATHS = ("metadata.labels", "metadata.annotations")
@@ -99,6 +105,8 @@ def validate(obj: Resource) -> None:
         check_type_rules(v, f"{f}.data", obj.type, obj.data)
         if obj.service_account:
             check_name(v, f"{f}.service_account", obj.service_account)
+        elif obj.type == TOKEN:
+            v.add(f"{f}.service_account", "is required for a token secret: the account whose token it holds")
         for part in ("period", "grace_period"):
             if obj.rotation.HasField(part):
                 d = getattr(obj.rotation, part)
@@ -107,8 +115,14 @@ def validate(obj: Resource) -> None:
                 elif d.seconds > MAX_DURATION_SECONDS or d.nanos >= 1_000_000_000:
                     # Checked before any arithmetic: timedelta overflows long before int64 does.
                     v.add(f"{f}.rotation.{part}", f"is not a valid duration (at most {MAX_DURATION_SECONDS}s)")
-                elif part == "period" and d.seconds < 1:
-                    v.add(f"{f}.rotation.period", "must be at least 1s")
+                elif part == "period" and d.seconds < 60:
+                    v.add(f"{f}.rotation.period", "must be at least 1m")
+                elif part == "period" and obj.type != secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
+                    # The server can make a new token, but no value of any other type.
+                    v.add(
+                        f"{f}.rotation.period",
+                        "only token secrets are rotated by the server; rotate other types with RotateSecret",
+                    )
     elif isinstance(obj, Workload):
         check_name(v, f"{f}.node_name", obj.node_name)
         check_name(v, f"{f}.service_account", obj.service_account)
@@ -139,10 +153,24 @@ def prepare_create(obj: Resource, *, trust_domain: str) -> None:
     elif isinstance(obj, ServiceAccount):
         set_identity(obj, trust_domain)
     v = Violations()
-    if isinstance(obj, Secret) and obj.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN:
-        v.add("secret.type", "token secrets are made by the server when a service account is created")
+    if isinstance(obj, Secret) and obj.type == TOKEN and obj.data:
+        v.add("secret.data", "the server fills in a token secret's data: give only its service_account")
+    if isinstance(obj, Secret) and obj.type != TOKEN and obj.service_account:
+        # On create only: secrets stored before this rule keep the field they cannot unset.
+        v.add("secret.service_account", "only token secrets name a service account")
+    if isinstance(obj, ServiceAccount) and len(meta.name) > MAX_SERVICE_ACCOUNT_NAME and is_dns_subdomain(meta.name):
+        v.add(
+            "service_account.metadata.name",
+            f"must be at most {MAX_SERVICE_ACCOUNT_NAME} characters, so that its token secret"
+            f" (the name and {TOKEN_SECRET_SUFFIX!r}) has a valid name",
+        )
     v.collect(validate, obj)
     v.raise_if_any()
+
+
+def token_secret_name(account: str) -> str:
+    """The name of the token secret made with service account `account`."""
+    return account + TOKEN_SECRET_SUFFIX
 
 
 def set_identity(sa: ServiceAccount, trust_domain: str) -> None:
@@ -251,6 +279,12 @@ def _prepare_secret_update(current: Secret, updated: Secret, v: Violations) -> N
             getattr(updated.rotation, field).CopyFrom(getattr(current.rotation, field))
         elif updated.HasField("rotation"):
             updated.rotation.ClearField(field)
+    if updated.rotation.HasField("period") and updated.rotation.period != current.rotation.period:
+        # A new period applies from now, if that is sooner than the rotation already due.
+        due = _now() + updated.rotation.period.ToTimedelta()
+        scheduled = updated.rotation.next_rotate_time
+        if not updated.rotation.HasField("next_rotate_time") or scheduled.ToDatetime(tzinfo=datetime.UTC) > due:
+            scheduled.FromDatetime(due)
     if updated.HasField("rotation") and not updated.rotation.ListFields():
         updated.ClearField("rotation")
     if updated.type == secret_pb2.SECRET_TYPE_UNSPECIFIED:
@@ -274,6 +308,10 @@ def _prepare_secret_update(current: Secret, updated: Secret, v: Violations) -> N
             v.add("secret.data", "token secrets are changed with RotateSecret")
         updated.version = current.version + 1
         set_data_keys(updated)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def same_content(a: R, b: R) -> bool:

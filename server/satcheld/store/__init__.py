@@ -2,7 +2,7 @@
 with secret data sealed under the key ring. Knows nothing of callers: it
 imports no service, no authorizer and no watch view."""
 
-from ._interface import Change, Listener, Store, Transaction
+from ._interface import Change, Listener, SigningKey, Store, Transaction
 from ._keyring import KeyFileError, KeyRing
 from ._migrations import MIGRATIONS
 from ._sqlite import SqliteStore, etag_of
@@ -13,6 +13,7 @@ __all__ = [
     "KeyFileError",
     "KeyRing",
     "Listener",
+    "SigningKey",
     "SqliteStore",
     "Store",
     "Transaction",

@@ -43,6 +43,23 @@ class Change:
     related: tuple[Resource, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A token signing key as the store keeps it; its private key is sealed at
+    rest under the key ring, like secret data, and open here."""
+
+    kid: str
+    # PKCS#8 DER; None if the key ring cannot open it (the key then only verifies).
+    private_key: bytes | None
+    public_jwk: str  # the JWK (RFC 7517, JSON) of its public key
+    lifetime_ns: int  # the longest lifetime of a token it signs
+    create_time_ns: int = 0
+    retire_time_ns: int | None = None  # when it stopped signing; None while it signs
+    # When the last token it signed expires (its retirement plus its lifetime);
+    # None while it signs. It verifies, and is published, until then.
+    expire_time_ns: int | None = None
+
+
 Listener = Callable[[list[Change]], None]
 History = tuple[int, list[Change]]  # the compact revision, the changes
 
@@ -58,11 +75,17 @@ class Transaction(Protocol):
 
     def put(self, obj: R) -> R:
         """Creates or replaces `obj`, filling uid, resource_version, etag and times;
-        returns the stored object."""
+        returns the stored object. A new object keeps a uid the server's own code
+        has already given it (a token names its secret's uid before the secret
+        is written); callers' uids never get here (`model.prepare_create`)."""
         ...
 
     def delete(self, kind: str, namespace: str, name: str) -> Resource:
         """Deletes the object (NotFound if absent); returns its last state."""
+        ...
+
+    def signing_key_id(self) -> str | None:
+        """The kid of the token signing key that signs, as of this transaction."""
         ...
 
 
@@ -131,6 +154,28 @@ class Store(Protocol):
     async def compact(self, *, keep_seconds: float, keep_events: int) -> int:
         """Forgets history both older than `keep_seconds` and beyond the newest
         `keep_events` events; returns the compact revision."""
+        ...
+
+    async def signing_keys(self) -> tuple[SigningKey, ...]:
+        """Every token signing key, oldest first."""
+        ...
+
+    async def add_signing_key(
+        self, kid: str, private_key: bytes, public_jwk: str, lifetime_ns: int
+    ) -> tuple[SigningKey, ...]:
+        """Stores a new key that signs from now on, in one write with the
+        retirement of the one that signed (its tokens expire at the latest by
+        then plus its lifetime); returns every key."""
+        ...
+
+    async def delete_signing_keys(self, expired_by_ns: int) -> tuple[str, ...]:
+        """Deletes the retired keys whose last token expired by `expired_by_ns`;
+        returns their kids."""
+        ...
+
+    async def reseal_signing_keys(self) -> int:
+        """Seals every signing key's private key afresh under the key ring's
+        primary key (for ResealSecrets); returns how many."""
         ...
 
     async def close(self) -> None:

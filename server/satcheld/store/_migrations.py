@@ -50,9 +50,30 @@ def _m2_related(db: sqlite_utils.Database) -> None:
     db.table("events").add_column("ref_kind", str)
 
 
+def _m3_signing_keys(db: sqlite_utils.Database) -> None:
+    # The token signing keys (ES256). The one with no `retire_time_ns` signs; a
+    # retired one verifies until `expire_time_ns`, when the last token it signed
+    # expires. `sealed` is the PKCS#8 private key under the key ring (associated
+    # data: uid `signing-key:<kid>`, version 0).
+    db.table("signing_keys").create(
+        {
+            "kid": str,
+            "create_time_ns": int,
+            "lifetime_ns": int,
+            "retire_time_ns": int,
+            "expire_time_ns": int,
+            "public_jwk": str,
+            "sealed": bytes,
+        },
+        pk="kid",
+        not_null={"create_time_ns", "lifetime_ns", "public_jwk", "sealed"},
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial", _m1_initial),
     (2, "related objects in history", _m2_related),
+    (3, "token signing keys", _m3_signing_keys),
 ]
 
 

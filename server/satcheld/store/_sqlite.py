@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlite_utils
+from cryptography.exceptions import InvalidTag
 
 from satchel.v1 import meta_pb2
 
 from ..errors import DataLoss, NotFound, Unavailable
 from ..model import KINDS, SERVICE_ACCOUNTS, Key, R, Resource, binding_changed, copy_of, kind_name, references
 from ._codec import Codec
-from ._interface import Change, History, Listener, Match, Opens, Page, Snapshot, Transaction
+from ._interface import Change, History, Listener, Match, Opens, Page, SigningKey, Snapshot, Transaction
 from ._keyring import KeyRing
 from ._migrations import connect, migrate
 
@@ -61,6 +62,11 @@ _Key = Key
 # EventType is never negative).
 REFERENCED = -1
 _SELECT_ROW = "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
+_SIGNING_KEY = "SELECT kid FROM signing_keys WHERE retire_time_ns IS NULL ORDER BY create_time_ns DESC LIMIT 1"
+_SIGNING_KEYS = (
+    "SELECT kid, sealed, public_jwk, lifetime_ns, create_time_ns, retire_time_ns, expire_time_ns"
+    " FROM signing_keys ORDER BY create_time_ns, kid"
+)
 
 
 class _Row(NamedTuple):
@@ -175,7 +181,7 @@ class Txn:
         stored = copy_of(obj)
         m: meta_pb2.ObjectMeta = stored.metadata
         if prev is None:
-            m.uid = str(uuid.uuid4())
+            m.uid = m.uid or str(uuid.uuid4())  # kept if the server's code made it (Transaction.put)
             m.create_time.FromNanoseconds(self.now_ns)
         else:
             m.uid = prev.metadata.uid
@@ -207,6 +213,10 @@ class Txn:
         self.objects[key] = None
         self._record(kind, meta_pb2.EVENT_TYPE_DELETED, last, body, row[1], prev)
         return last
+
+    def signing_key_id(self) -> str | None:
+        row = self._batch.db.execute(_SIGNING_KEY).fetchone()
+        return None if row is None else str(row[0])
 
     def _record(
         self, kind: str, event_type: int, obj: Resource, body: bytes, sealed: bytes | None, prev: Resource | None
@@ -606,6 +616,86 @@ class SqliteStore:
             db.execute("UPDATE state SET compact_revision=? WHERE id=1", (compact,))
         return deleted, compact
 
+    # -- token signing keys: written through the writer, read by the readers --
+
+    async def signing_keys(self) -> tuple[SigningKey, ...]:
+        """Every token signing key, oldest first, private keys opened."""
+        return await self._read(lambda: self._signing_keys(self._reader()))
+
+    def _signing_keys(self, db: sqlite_utils.Database) -> tuple[SigningKey, ...]:
+        keys = []
+        for kid, sealed, jwk, lifetime_ns, created, retired, expires in db.execute(_SIGNING_KEYS):
+            private_key: bytes | None
+            try:
+                private_key = self._codec.keyring.open(sealed, uid=_signing_key_uid(kid), version=0)
+            except (InvalidTag, KeyError, IndexError, UnicodeDecodeError):
+                # Its public half (stored in the clear) still verifies the tokens it signed.
+                log.error("token signing key %s cannot be decrypted with the key ring; it can only verify", kid)
+                private_key = None
+            keys.append(SigningKey(kid, private_key, jwk, lifetime_ns, created, retired, expires))
+        return tuple(keys)
+
+    async def add_signing_key(
+        self, kid: str, private_key: bytes, public_jwk: str, lifetime_ns: int
+    ) -> tuple[SigningKey, ...]:
+        """Stores a new key that signs from now on and retires the one that
+        signed, in one write: every token that key signed was signed before,
+        so it expires by now plus that key's lifetime. Returns every key."""
+        sealed = self._codec.keyring.seal(private_key, uid=_signing_key_uid(kid), version=0)
+
+        def add(txn: Txn) -> tuple[SigningKey, ...]:
+            db, now = txn.db, txn.now_ns
+            keys = self._signing_keys(db)
+            db.execute(
+                "UPDATE signing_keys SET retire_time_ns=?, expire_time_ns=?+lifetime_ns WHERE retire_time_ns IS NULL",
+                (now, now),
+            )
+            db.execute(
+                "INSERT INTO signing_keys (kid, create_time_ns, lifetime_ns, public_jwk, sealed)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (kid, now, lifetime_ns, public_jwk, sealed),
+            )
+            retired = [
+                k
+                if k.retire_time_ns is not None
+                else dataclasses.replace(k, retire_time_ns=now, expire_time_ns=now + k.lifetime_ns)
+                for k in keys
+            ]
+            return (*retired, SigningKey(kid, private_key, public_jwk, lifetime_ns, now))
+
+        return await self._write(add)
+
+    async def delete_signing_keys(self, expired_by_ns: int) -> tuple[str, ...]:
+        """Deletes the retired keys whose last token expired by `expired_by_ns`."""
+
+        def delete(txn: Txn) -> tuple[str, ...]:
+            where = "FROM signing_keys WHERE retire_time_ns IS NOT NULL AND expire_time_ns <= ?"
+            kids = tuple(row[0] for row in txn.db.execute(f"SELECT kid {where}", (expired_by_ns,)))
+            if kids:
+                txn.db.execute(f"DELETE {where}", (expired_by_ns,))
+            return kids
+
+        return await self._write(delete)
+
+    async def reseal_signing_keys(self) -> int:
+        """Seals every signing key afresh under the key ring's primary key."""
+        keyring = self._codec.keyring
+
+        def reseal(txn: Txn) -> int:
+            # Every key opened before any is written; one no key opens is past saving.
+            keys = [k for k in self._signing_keys(txn.db) if k.private_key is not None]
+            txn.db.conn.executemany(
+                "UPDATE signing_keys SET sealed=? WHERE kid=?",
+                [
+                    (keyring.seal(k.private_key, uid=_signing_key_uid(k.kid), version=0), k.kid)
+                    for k in keys
+                    if k.private_key
+                ],
+            )
+            return len(keys)
+
+        return await self._write(reseal)
+
     @staticmethod
     def _committed_revision(db: sqlite_utils.Database) -> int:
         return db.execute("SELECT revision FROM state WHERE id=1").fetchone()[0]
@@ -626,6 +716,11 @@ class SqliteStore:
         self._writer.close()
         for db in self._all_readers:
             db.close()
+
+
+def _signing_key_uid(kid: str) -> str:
+    """The associated data a signing key is sealed with, as secret data is with its uid."""
+    return f"signing-key:{kid}"
 
 
 def _opener(with_data: Opens) -> Match:
