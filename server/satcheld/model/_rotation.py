@@ -72,6 +72,7 @@ def rotated(
     set_data_keys(new)
     new.rotation.last_rotate_time.FromDatetime(now)
     new.previous_version_expire_time.FromDatetime(now + grace)
+    new.rotation.ClearField("next_rotate_time")  # the due time this rotation answers is past
     if current.rotation.HasField("period"):
         new.rotation.next_rotate_time.FromDatetime(next_due(current.rotation.period.ToTimedelta(), now))
     validate(new)
