@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 from satchel.v1 import (
+    admin_pb2,
     admin_pb2_grpc,
     authorization_pb2,
     authorization_pb2_grpc,
@@ -145,7 +146,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def ResealSecrets(self, request, context):
         self._r.authorize_admin("reseal")
-        raise _later("ResealSecrets")
+        done = await self._r.store.reseal()
+        return admin_pb2.ResealSecretsResponse(resealed=done.resealed, key_id=done.key_id)
 
     async def RotateSigningKey(self, request, context):
         self._r.authorize_admin("rotate-signing-key")

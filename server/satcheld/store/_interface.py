@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from ..model import Key, R, Resource
+from ._keyring import KeyRing
 
 T = TypeVar("T")
 Match = Callable[[Resource], bool]
@@ -41,6 +42,13 @@ class Change:
     # revision (secrets with data), so that views that follow bindings need no
     # read of their own, live or in a replay.
     related: tuple[Resource, ...] = ()
+
+
+class Resealed(NamedTuple):
+    """What a reseal did: how many sealed values it sealed again, and under which key."""
+
+    resealed: int
+    key_id: str
 
 
 Listener = Callable[[list[Change]], None]
@@ -131,6 +139,16 @@ class Store(Protocol):
     async def compact(self, *, keep_seconds: float, keep_events: int) -> int:
         """Forgets history both older than `keep_seconds` and beyond the newest
         `keep_events` events; returns the compact revision."""
+        ...
+
+    def set_keyring(self, keyring: KeyRing) -> None:
+        """Seals new writes under `keyring`'s primary key from now on, and opens with its keys."""
+        ...
+
+    async def reseal(self) -> Resealed:
+        """Seals every stored sealed value (current objects and all of history)
+        again under the primary key, online, letting writes through between
+        chunks; then keys other than the primary may be removed."""
         ...
 
     async def close(self) -> None:
