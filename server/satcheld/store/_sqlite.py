@@ -66,8 +66,8 @@ REFERENCED = -1
 _SELECT_ROW = "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
 # A reseal job looks at most this many sealed rows, or this many sealed bytes,
 # before it lets the queued writes through.
-RESEAL_ROWS = 500
-RESEAL_BYTES = 4 * 1024 * 1024
+RESEAL_ROWS = 100
+RESEAL_BYTES = 1024 * 1024
 # Where sealed data lives: objects (current state), then history (every earlier
 # version, DELETED last states, and the states REFERENCED rows keep). The
 # columns after the rowid: the kind the body is of, the body, the blob.
