@@ -240,6 +240,7 @@ def test_keyring_file_is_private_and_never_overwritten(tmp_path) -> None:
 )
 def test_keyring_rejects_malformed_files(tmp_path, text: str) -> None:
     (tmp_path / "k").write_text(text)
+    (tmp_path / "k").chmod(0o600)  # private: what is refused is the content
     with pytest.raises(KeyFileError):
         KeyRing.load(tmp_path / "k")
     with pytest.raises(KeyFileError):

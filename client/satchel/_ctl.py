@@ -1,5 +1,5 @@
 """`satchelctl`: the command line for Satchel — certificates, resources, rotation, watch, tokens,
-access checks.
+access checks, key maintenance.
 
 Every API command connects with `--server --ca --cert --key [--token]` or the `SATCHEL_…`
 variables, and prints `-o table` (default), `json` (the protobuf JSON mapping, as grpcurl prints
@@ -441,6 +441,14 @@ def _can_i(client: Client, args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def _reseal(client: Client, args: argparse.Namespace) -> None:
+    response = client.reseal_secrets(timeout=args.timeout)
+    if args.output != "table":
+        _dump(_to_dict(response), args.output)
+        return
+    print(f"re-sealed {response.resealed} sealed values; all are now sealed under key {response.key_id}")
+
+
 def _certs_init(args: argparse.Namespace) -> None:
     names = ("ca.crt", "ca.key", "server.crt", "server.key", "admin.crt", "admin.key")
     paths = [Path(args.dir) / name for name in names]
@@ -653,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     can_i.add_argument("name", metavar="NAME", nargs="?", help="one object (default: any)")
     can_i.add_argument("-n", "--namespace", default="", help="namespace (default: all namespaces)")
     can_i.set_defaults(run=_can_i)
+
     return parser
 
 
@@ -666,6 +675,18 @@ def _add_admin(sub: Any, p: dict[str, argparse.ArgumentParser]) -> None:
         help="make a new token signing key; the old one verifies its tokens until they expire",
     )
     rotate_key.set_defaults(run=_rotate_signing_key)
+    reseal = admin_sub.add_parser(
+        "reseal",
+        parents=[p["connection"], p["output"]],
+        help="seal every stored secret again under the primary encryption key",
+        description="Seals the data of every stored secret, history included, again under the server's primary "
+        "encryption key, online. Once it reports success, older keys may be removed from the key file. "
+        "Cut short, it is simply run again: what it already did is skipped.",
+    )
+    reseal.add_argument(
+        "--timeout", type=_duration, default=timedelta(hours=1), help="how long it may take (default 1h)"
+    )
+    reseal.set_defaults(run=_reseal)
 
 
 # ---------------------------------------------------------------------------------------------

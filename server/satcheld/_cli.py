@@ -1,4 +1,5 @@
-"""`satcheld serve`: the explicit form, and `--dev`, which prepares a data directory."""
+"""`satcheld serve`: the explicit form, and `--dev`, which prepares a data directory;
+`satcheld add-encryption-key`: a new primary key first in the key file."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from satchel.durations import parse_duration
 from ._config import ConfigError, ServerConfig
 from ._server import Server
 from .auth import Policy
-from .store import KeyRing
+from .store import KeyFileError, KeyRing, add_key
 
 # Flags naming files, and what each file is (for one-line errors).
 _FILE_FLAGS = {
@@ -92,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("token_lifetime", "24h"),
         help="how long a token is valid (default 24h)",
     )
+    add_key_parser = sub.add_parser(
+        "add-encryption-key",
+        help="put a new random primary key first in the encryption key file",
+        description="Puts a new random key first in the key file (creating the file if it is missing): "
+        "after SIGHUP or a restart new writes are sealed under it, and `satchelctl admin reseal` seals "
+        "the stored data again under it, after which the older lines may be removed.",
+    )
+    add_key_parser.add_argument(
+        "--encryption-key-file",
+        dest="encryption_key_file",
+        default=_env("encryption_key_file"),
+        help="the key file ($SATCHEL_ENCRYPTION_KEY_FILE)",
+    )
     return parser
 
 
@@ -111,6 +125,24 @@ def _token_settings(args: argparse.Namespace) -> dict[str, Any]:
         "token_audience": args.token_audience,
         "token_lifetime": args.token_lifetime,
     }
+
+
+def _add_encryption_key(args: argparse.Namespace) -> None:
+    if not args.encryption_key_file:
+        raise ConfigError("missing --encryption-key-file (or SATCHEL_ENCRYPTION_KEY_FILE)")
+    path = Path(args.encryption_key_file)
+    try:
+        kid = add_key(path)
+    except KeyFileError as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot write encryption key file {path}: {e.strerror}") from None
+    print(f"added key {kid} first in {path}", flush=True)
+    print(
+        "send satcheld SIGHUP (or restart it) to seal new writes under it, then run"
+        " `satchelctl admin reseal`; after that the other key lines may be removed",
+        flush=True,
+    )
 
 
 def _dev_config(args: argparse.Namespace) -> ServerConfig:
@@ -207,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "add-encryption-key":
+            _add_encryption_key(args)
+            return 0
         config = _dev_config(args) if args.dev else _explicit_config(args)
         asyncio.run(_serve(config, args.dev))
     except ConfigError as e:

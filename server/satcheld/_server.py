@@ -26,7 +26,7 @@ from .api import (
     method_table,
 )
 from .auth import Authorizer, NodeGraph, Policy, PolicyError, Tokens
-from .store import KeyRing, SqliteStore
+from .store import KeyFileError, KeyRing, SqliteStore
 from .watch import WatchHub
 
 log = logging.getLogger("satcheld")
@@ -113,7 +113,9 @@ class Server:
         except Exception as e:
             raise ConfigError(str(e)) from None
         try:
-            # A key the ring derives: a token's HMAC in the records stays the same across restarts.
+            # Keys the ring derives (token HMACs in the audit log, page-token MACs)
+            # come from the ring read at start and stay while the process runs:
+            # a SIGHUP that brings a new primary key changes only what seals.
             self._audit = AuditLog(c.audit_log, hmac_key=keyring.derive("audit-token-hmac"))
         except OSError as e:
             raise ConfigError(f"cannot open audit log {c.audit_log}: {e.strerror}") from None
@@ -170,8 +172,9 @@ class Server:
 
     def reload(self) -> None:
         """What SIGHUP does: reopens the audit log, so that log rotation can move
-        the old file away, and re-reads the policy file. A file that cannot be
-        opened or read keeps the old one in use, and the log says why."""
+        the old file away, and re-reads the policy file and the encryption key
+        file (new writes are then sealed under its first key). A file that
+        cannot be opened or read keeps the old one in use, and the log says why."""
         if self._audit is not None:
             try:
                 self._audit.reopen()
@@ -191,6 +194,18 @@ class Server:
             else:
                 self._authorizer.set_policy(policy)
                 log.info("SIGHUP: reloaded the policy file %s", self.config.policy)
+        if self._store is not None:
+            try:
+                keyring = KeyRing.load(self.config.encryption_key_file)
+            except KeyFileError as e:
+                log.error("SIGHUP: kept the old encryption key ring: %s", e)
+            else:
+                self._store.set_keyring(keyring)
+                log.info(
+                    "SIGHUP: reloaded the encryption key file %s; new writes are sealed under key %s",
+                    self.config.encryption_key_file,
+                    keyring.primary_id,
+                )
 
     async def compact(self) -> int:
         """Forgets history beyond the configured age and count; returns the compact revision."""

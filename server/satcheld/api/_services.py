@@ -189,7 +189,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def ResealSecrets(self, request, context):
         self._r.authorize_admin("reseal")
-        raise _later("ResealSecrets")
+        done = await self._r.store.reseal()
+        keys = await self._r.store.reseal_signing_keys()  # the token signing keys are sealed too
+        return admin_pb2.ResealSecretsResponse(resealed=done.resealed + keys, key_id=done.key_id)
 
     async def RotateSigningKey(self, request, context):
         self._r.authorize_admin("rotate-signing-key")

@@ -2,8 +2,8 @@
 with secret data sealed under the key ring. Knows nothing of callers: it
 imports no service, no authorizer and no watch view."""
 
-from ._interface import Change, Listener, SigningKey, Store, Transaction
-from ._keyring import KeyFileError, KeyRing
+from ._interface import Change, Listener, Resealed, SigningKey, Store, Transaction
+from ._keyring import KeyFileError, KeyRing, add_key, key_id_of
 from ._migrations import MIGRATIONS
 from ._sqlite import SqliteStore, etag_of
 
@@ -13,9 +13,12 @@ __all__ = [
     "KeyFileError",
     "KeyRing",
     "Listener",
+    "Resealed",
     "SigningKey",
     "SqliteStore",
     "Store",
     "Transaction",
+    "add_key",
     "etag_of",
+    "key_id_of",
 ]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from ..model import Key, R, Resource
+from ._keyring import KeyRing
 
 T = TypeVar("T")
 Match = Callable[[Resource], bool]
@@ -58,6 +59,13 @@ class SigningKey:
     # When the last token it signed expires (its retirement plus its lifetime);
     # None while it signs. It verifies, and is published, until then.
     expire_time_ns: int | None = None
+
+
+class Resealed(NamedTuple):
+    """What a reseal did: how many sealed values it sealed again, and under which key."""
+
+    resealed: int
+    key_id: str
 
 
 Listener = Callable[[list[Change]], None]
@@ -176,6 +184,15 @@ class Store(Protocol):
     async def reseal_signing_keys(self) -> int:
         """Seals every signing key's private key afresh under the key ring's
         primary key (for ResealSecrets); returns how many."""
+
+    def set_keyring(self, keyring: KeyRing) -> None:
+        """Seals new writes under `keyring`'s primary key from now on, and opens with its keys."""
+        ...
+
+    async def reseal(self) -> Resealed:
+        """Seals every stored sealed value (current objects and all of history)
+        again under the primary key, online, letting writes through between
+        chunks; then keys other than the primary may be removed."""
         ...
 
     async def close(self) -> None:

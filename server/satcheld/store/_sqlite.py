@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import queue
@@ -33,14 +34,15 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlite_utils
 from cryptography.exceptions import InvalidTag
+from google.protobuf.message import DecodeError
 
-from satchel.v1 import meta_pb2
+from satchel.v1 import meta_pb2, secret_pb2
 
 from ..errors import DataLoss, NotFound, Unavailable
-from ..model import KINDS, SERVICE_ACCOUNTS, Key, R, Resource, binding_changed, copy_of, kind_name, references
+from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, Key, R, Resource, binding_changed, copy_of, kind_name, references
 from ._codec import Codec
-from ._interface import Change, History, Listener, Match, Opens, Page, SigningKey, Snapshot, Transaction
-from ._keyring import KeyRing
+from ._interface import Change, History, Listener, Match, Opens, Page, Resealed, SigningKey, Snapshot, Transaction
+from ._keyring import KeyRing, key_id_of
 from ._migrations import connect, migrate
 
 T = TypeVar("T")
@@ -67,6 +69,18 @@ _SIGNING_KEYS = (
     "SELECT kid, sealed, public_jwk, lifetime_ns, create_time_ns, retire_time_ns, expire_time_ns"
     " FROM signing_keys ORDER BY create_time_ns, kid"
 )
+# A reseal job looks at most this many sealed rows, or this many sealed bytes,
+# before it lets the queued writes through.
+RESEAL_ROWS = 100
+RESEAL_BYTES = 1024 * 1024
+# Where sealed data lives: objects (current state), then history (every earlier
+# version, DELETED last states, and the states REFERENCED rows keep). The
+# columns after the rowid: the kind the body is of, the body, the blob.
+_Lost = list[str]  # the secrets whose sealed values no key of the ring opens
+_SEALED_TABLES = {
+    "objects": "kind, body, sealed",
+    "events": f"CASE WHEN type = {REFERENCED} THEN ref_kind ELSE kind END, body, sealed",
+}
 
 
 class _Row(NamedTuple):
@@ -682,8 +696,14 @@ class SqliteStore:
         keyring = self._codec.keyring
 
         def reseal(txn: Txn) -> int:
-            # Every key opened before any is written; one no key opens is past saving.
-            keys = [k for k in self._signing_keys(txn.db) if k.private_key is not None]
+            # Every key opened before any is written; one no key opens is past saving,
+            # and one sealed under the primary already is left as it is.
+            current = {
+                kid
+                for kid, sealed in txn.db.execute("SELECT kid, sealed FROM signing_keys")
+                if key_id_of(sealed) == keyring.primary_id
+            }
+            keys = [k for k in self._signing_keys(txn.db) if k.private_key is not None and k.kid not in current]
             txn.db.conn.executemany(
                 "UPDATE signing_keys SET sealed=? WHERE kid=?",
                 [
@@ -695,6 +715,103 @@ class SqliteStore:
             return len(keys)
 
         return await self._write(reseal)
+
+    # -- keys -------------------------------------------------------------
+
+    def set_keyring(self, keyring: KeyRing) -> None:
+        """Seals new writes with `keyring`'s primary key from now on, and opens
+        data with its keys (SIGHUP, after the key file changed)."""
+        self._codec.keyring = keyring
+
+    async def reseal(self, *, max_rows: int | None = None, max_bytes: int | None = None) -> Resealed:
+        """Re-seals every sealed value (objects and history) that is not sealed
+        under the primary key, online: each write job handles at most `max_rows`
+        rows or `max_bytes` of sealed data, so queued writes interleave.
+
+        Writes meanwhile seal under the primary, and copy a sealed value only
+        from the objects table into history (DELETED, REFERENCED), so the objects
+        are done first and then history up to where it ended when they were
+        done: every newer row was sealed or copied after the objects were done.
+        If the primary key changes meanwhile (SIGHUP), it starts over.
+        DataLoss if some value opens with no key of the ring (the rest is
+        re-sealed all the same)."""
+        rows = max(1, RESEAL_ROWS if max_rows is None else max_rows)
+        size = RESEAL_BYTES if max_bytes is None else max_bytes
+        count = 0
+        while True:
+            primary = self._codec.keyring.primary_id
+            done, used, lost = await self._reseal_pass(rows, size)
+            count += done
+            if used <= {primary} and self._codec.keyring.primary_id == primary:
+                break
+            log.info("reseal: the primary key changed meanwhile; sealing again under the new one")
+        if lost:
+            names = sorted(set(lost))
+            shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+            raise DataLoss(
+                f"re-sealed {count} values under key {primary}, but {len(lost)} sealed values open with no key"
+                f" of the ring (secrets {shown}); they stay as they are"
+            )
+        log.info("reseal: re-sealed %d sealed values under key %s", count, primary)
+        return Resealed(count, primary)
+
+    async def _reseal_pass(self, rows: int, size: int) -> tuple[int, set[str], _Lost]:
+        """One pass over every table: how many values it sealed again, the
+        primary keys it sealed under, and the secrets whose values no key opens."""
+        count = 0
+        used: set[str] = set()
+        lost: _Lost = []
+        for table in _SEALED_TABLES:
+            # Read in the writer: every batch that sealed under an earlier
+            # primary has committed, every later one seals under this one.
+            end = await self._write(functools.partial(self._last_rowid, table))
+            after = 0
+            while after < end:
+                done, after, kid = await self._write(
+                    functools.partial(self._reseal_chunk, table, after, end, rows, size, lost)
+                )
+                count += done
+                used.add(kid)
+        return count, used, lost
+
+    def _reseal_chunk(
+        self, table: str, after: int, end: int, max_rows: int, max_bytes: int, lost: _Lost, txn: Txn
+    ) -> tuple[int, int, str]:
+        """A write job: re-seals the rows of `table` after rowid `after` (up to
+        `end`) that are not under the primary; how many, the last rowid looked
+        at, and the primary key used."""
+        db = txn.db
+        ring = self._codec.keyring
+        cursor = db.execute(
+            f"SELECT rowid, {_SEALED_TABLES[table]} FROM {table}"
+            " WHERE rowid > ? AND rowid <= ? AND sealed IS NOT NULL ORDER BY rowid",
+            (after, end),
+        )
+        updates: list[tuple[bytes, int]] = []
+        seen = size = 0
+        last = end  # nothing left to look at, unless the limits stop us first
+        for rowid, kind, body, sealed in cursor:
+            if seen == max_rows or (seen and size >= max_bytes):
+                last = after
+                break
+            after = rowid
+            seen += 1
+            size += len(sealed)
+            if ring.is_primary(sealed):
+                continue
+            resealed = _resealed(ring, kind, body, sealed)
+            if isinstance(resealed, str):
+                lost.append(resealed)
+            else:
+                updates.append((resealed, rowid))
+        cursor.close()
+        if updates:
+            db.conn.executemany(f"UPDATE {table} SET sealed=? WHERE rowid=?", updates)
+        return len(updates), last, ring.primary_id
+
+    @staticmethod
+    def _last_rowid(table: str, txn: Txn) -> int:
+        return txn.db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
 
     @staticmethod
     def _committed_revision(db: sqlite_utils.Database) -> int:
@@ -721,6 +838,23 @@ class SqliteStore:
 def _signing_key_uid(kid: str) -> str:
     """The associated data a signing key is sealed with, as secret data is with its uid."""
     return f"signing-key:{kid}"
+
+
+def _resealed(ring: KeyRing, kind: str, body: bytes, sealed: bytes) -> bytes | str:
+    """`sealed` sealed again under the primary key, or the name of the secret
+    whose value no key of the ring opens."""
+    if kind != SECRETS:
+        return f"({kind})"
+    try:
+        secret = secret_pb2.Secret.FromString(body)
+    except DecodeError:
+        return "(unreadable)"
+    meta = secret.metadata
+    try:
+        payload = ring.open(sealed, uid=meta.uid, version=secret.version)
+    except (InvalidTag, KeyError, IndexError, UnicodeDecodeError):
+        return f"{meta.namespace}/{meta.name}"
+    return ring.seal(payload, uid=meta.uid, version=secret.version)
 
 
 def _opener(with_data: Opens) -> Match:
