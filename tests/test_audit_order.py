@@ -129,10 +129,10 @@ CALLS: list[tuple[str, str, Call, Code]] = [
         Code.UNAUTHENTICATED,
     ),
     (
-        "later",
+        "rotate-unnamed",
         "admin",
         lambda s, md: s.secrets.RotateSecret(secret_pb2.RotateSecretRequest(), metadata=md),
-        Code.UNIMPLEMENTED,
+        Code.INVALID_ARGUMENT,
     ),
     (
         "unknown",
