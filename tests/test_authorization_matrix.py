@@ -41,7 +41,7 @@ from google.protobuf.message import Message
 from kinds import ALL, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind
 from watchkit import WAIT, Channels, running, type_name
 
-from satchel.v1 import authorization_pb2, authorization_pb2_grpc, service_account_pb2
+from satchel.v1 import authorization_pb2, authorization_pb2_grpc, secret_pb2, service_account_pb2
 from satcheld._server import Server
 
 Code = grpc.StatusCode
@@ -154,17 +154,43 @@ def refs(*names: str) -> list[service_account_pb2.SecretReference]:
     return [service_account_pb2.SecretReference(name=n) for n in names]
 
 
+# What populate stores, the token secrets aside. Each account `a` of namespace `ns`
+# (those created here, and the `default` ones its workloads make) has its token secret
+# `ns/a-token`, made with it and listed in its `secrets`.
+ACCOUNTS: set[Key] = {
+    ("prod", "app"),
+    ("prod", "deployer"),
+    ("prod", "plain"),
+    ("prod", "default"),
+    ("dev", "web"),
+    ("dev", "other"),
+    ("pub", "default"),
+}
+PLAIN_SECRETS: set[Key] = {("prod", "db"), ("prod", "app-conf"), ("prod", "loose"), ("dev", "cfg"), ("dev", "hidden")}
+LISTED = {("prod", "app"): {"app-conf"}}  # the secrets an account lists besides its token secret
+WORKLOAD_KEYS: set[Key] = {("prod", "w1"), ("prod", "w2"), ("dev", "w3"), ("dev", "w4"), ("pub", "board")}
+TOKEN_DATA_KEYS = ["ca.crt", "namespace", "token"]
+
+
+def token_secret(account: Key) -> Key:
+    return account[0], f"{account[1]}-token"
+
+
+TOKEN_SECRETS = {token_secret(a): a for a in ACCOUNTS}
+
+
 async def populate(admin: Stubs) -> None:
-    """prod: accounts app (lists secret app-token), deployer, plain (and default, made
-    by w2); secrets db, app-token, loose; workloads w1 (n1: app, db, the missing
+    """prod: accounts app (lists secret app-conf), deployer, plain (and default, made
+    by w2); secrets db, app-conf, loose; workloads w1 (n1: app, db, the missing
     ghost) and w2 (n2: default, loose). dev: accounts web, other; secrets cfg (bound
     to n1 by w3), hidden (bound to n2 by w4); workloads w3 (n1: web, cfg) and w4 (n2:
-    other, hidden). pub: workload board (n2), and its default account."""
+    other, hidden). pub: workload board (n2), and its default account. Every account
+    has its token secret (so n1 binds prod/app-token and dev/web-token)."""
     accounts, secrets, workloads = (k.api(admin) for k in ALL)
-    for ns, name in (("prod", "db"), ("prod", "app-token"), ("prod", "loose"), ("dev", "cfg"), ("dev", "hidden")):
+    for ns, name in sorted(PLAIN_SECRETS):
         value = f"value-of-{ns}-{name}".encode()
         await secrets.create(SECRETS.make(name, ns, data={"password": value, "extra": value * 2}))
-    await accounts.create(SERVICE_ACCOUNTS.make("app", "prod", secrets=refs("app-token")))
+    await accounts.create(SERVICE_ACCOUNTS.make("app", "prod", secrets=refs("app-conf")))
     for ns, name in (("prod", "deployer"), ("prod", "plain"), ("dev", "web"), ("dev", "other")):
         await accounts.create(SERVICE_ACCOUNTS.make(name, ns))
     for ns, name, node, account, mounts in (
@@ -175,6 +201,25 @@ async def populate(admin: Stubs) -> None:
         ("pub", "board", "n2", "default", []),
     ):
         await workloads.create(WORKLOADS.make(name, ns, node_name=node, service_account=account, secrets=mounts))
+
+
+def assert_populated(state: dict[str, dict[Key, Message]]) -> None:
+    """What the admin lists is what populate wrote, and one token secret per account:
+    the model's world holds exactly the objects the table is written for."""
+    assert set(state[SERVICE_ACCOUNTS.name]) == ACCOUNTS
+    assert set(state[SECRETS.name]) == PLAIN_SECRETS | set(TOKEN_SECRETS)
+    assert set(state[WORKLOADS.name]) == WORKLOAD_KEYS
+    for key, account in state[SERVICE_ACCOUNTS.name].items():
+        listed = sorted(r.name for r in account.secrets)
+        assert listed == sorted({token_secret(key)[1], *LISTED.get(key, ())}), f"{key} lists {listed}"
+    for key, secret in state[SECRETS.name].items():
+        if key in TOKEN_SECRETS:
+            assert secret.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, f"{key}: type {secret.type}"
+            assert (key[0], secret.service_account) == TOKEN_SECRETS[key], f"{key}: for {secret.service_account}"
+            assert sorted(k.name for k in secret.data_keys) == TOKEN_DATA_KEYS, f"{key}: {secret.data_keys}"
+        else:
+            assert secret.type != secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, f"{key} is a token secret"
+        assert sorted(secret.data) == sorted(k.name for k in secret.data_keys), f"{key}: the admin sees no data"
 
 
 async def stored(admin: Stubs) -> dict[str, dict[Key, Message]]:
@@ -533,6 +578,7 @@ async def world(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Any:
             admin = channels.stubs(server.address, pki.admin)
             await populate(admin)
             state = await stored(admin)
+            assert_populated(state)
             w = World(server, admin, Model(state), fingerprint(state))
             for who in PRINCIPALS:
                 w.stubs[who.label] = channels.stubs(server.address, identity_of(pki, who))
@@ -629,5 +675,9 @@ async def test_the_table_has_every_outcome_for_every_rpc(world: World) -> None:
             else:
                 assert case.allowed, case.what
     assert codes == {OK, DENIED, MISSING, Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS, Code.ABORTED}
+    # n1 binds what its workloads mount and what their accounts list, token secrets included.
+    n1_secrets = {("prod", "db"), ("prod", "ghost"), ("prod", "app-conf"), ("prod", "app-token")}
+    assert world.model.bound("n1", SECRETS.name) == n1_secrets | {("dev", "cfg"), ("dev", "web-token")}
+    assert world.model.bound("n9", SECRETS.name) == set()
     assert len(outcomes) == 6 * len(ALL)
     assert {rpc: both for rpc, both in outcomes.items() if both != {True, False}} == {}

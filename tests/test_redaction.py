@@ -3,7 +3,9 @@ not their data sees metadata and `data_keys` (names and sizes) and never a byte 
 a value, in Get, List and every part of a Watch (the `send_initial` snapshot, live
 MODIFIED events, a `since_revision` replay); with read-data in one namespace and
 not another, a List or Watch across both shows data only in the granted one; a node
-sees the data of the secrets bound to it, and of no other secret it may get.
+sees the data of the secrets bound to it, and of no other secret it may get. The
+token secrets of the service accounts are secrets like the others: redacted, shown
+and bound (to the nodes whose workloads use the account) by the same rules.
 
 Every value is random and long, so "no byte of it" is checked on the serialized
 messages themselves, not only on the `data` field."""
@@ -19,10 +21,10 @@ import pytest
 from conftest import Pki, Stubs
 from failures import failure
 from google.protobuf.message import Message
-from kinds import SECRETS, WORKLOADS
+from kinds import SECRETS, SERVICE_ACCOUNTS, WORKLOADS
 from watchkit import ADDED, MODIFIED, SYNCED, Channels, Watcher, running
 
-from satchel.v1 import secret_pb2
+from satchel.v1 import secret_pb2, service_account_pb2
 
 Code = grpc.StatusCode
 
@@ -53,6 +55,24 @@ rules:
 # (namespace, name): n1's workloads mount prod/alpha and dev/gamma; beta and delta are unbound.
 SECRET_KEYS = (("prod", "alpha"), ("prod", "beta"), ("dev", "gamma"), ("dev", "delta"))
 BOUND_TO_N1 = {("prod", "alpha"), ("dev", "gamma")}
+# The service accounts: the `default` ones n1's workloads make, and one in ops (which no
+# rule names) made first. Each account `a` of `ns` has its token secret `ns/a-token`.
+N1_ACCOUNTS = {("prod", "default"), ("dev", "default")}
+MARKER = ("ops", "marker")
+ACCOUNTS = N1_ACCOUNTS | {MARKER}
+TOKEN_DATA_KEYS = ["ca.crt", "namespace", "token"]
+
+
+def token_secret(account: tuple[str, str]) -> tuple[str, str]:
+    return account[0], f"{account[1]}-token"
+
+
+TOKEN_SECRETS = {token_secret(a) for a in ACCOUNTS}
+ALL_SECRETS = set(SECRET_KEYS) | TOKEN_SECRETS
+# What gina and rita may read (their rules name prod and dev), and what n1's view holds:
+# what its workloads mount, and their accounts' token secrets.
+READABLE = sorted(k for k in ALL_SECRETS if k[0] in ("prod", "dev"))
+N1_VIEW = BOUND_TO_N1 | {token_secret(a) for a in N1_ACCOUNTS}
 
 
 def value() -> bytes:
@@ -71,6 +91,12 @@ class Secrets:
         self.current[key] = data
         self.ever.extend(data.values())
         return data
+
+    def record_token_secret(self, key: tuple[str, str], data: dict[str, bytes]) -> None:
+        """A token secret's data, made by the server: its token and CA certificate
+        may leak nowhere (its `namespace` value is the object's namespace anyway)."""
+        self.current[key] = data
+        self.ever.extend((data["token"], data["ca.crt"]))
 
     def shape(self, key: tuple[str, str]) -> list[tuple[str, int]]:
         return sorted((k, len(v)) for k, v in self.current[key].items())
@@ -96,17 +122,39 @@ class Secrets:
 
 
 async def setup(admin: Stubs, stored: Secrets) -> int:
-    """n1's workloads first (they mount secrets that do not exist yet), so that there
-    is a revision before any secret to replay from; then the four secrets. Returns
-    that revision."""
+    """The account ops/marker first (its token secret is in no caller's view), so that
+    there is a revision before any secret a caller sees to replay from; then n1's
+    workloads (they mount secrets that do not exist yet, and make the `default`
+    accounts of prod and dev, with their token secrets); then the four secrets.
+    Records the token secrets' data as the admin reads it. Returns that revision."""
+    await admin.accounts.CreateServiceAccount(
+        service_account_pb2.CreateServiceAccountRequest(service_account=SERVICE_ACCOUNTS.make(MARKER[1], MARKER[0]))
+    )
+    before = (await SECRETS.api(admin).list()).revision
     workloads = WORKLOADS.api(admin)
     await workloads.create(WORKLOADS.make("w", "prod", node_name="n1", secrets=["alpha"]))
     await workloads.create(WORKLOADS.make("w", "dev", node_name="n1", secrets=["gamma"]))
-    before = (await SECRETS.api(admin).list()).revision
     for ns, name in SECRET_KEYS:
         await admin.secrets.CreateSecret(
             secret_pb2.CreateSecretRequest(secret=SECRETS.make(name, ns, data=stored.new_data((ns, name))))
         )
+    # What is stored: the accounts, each listing its token secret, and the secrets.
+    accounts = (
+        await admin.accounts.ListServiceAccounts(service_account_pb2.ListServiceAccountsRequest())
+    ).service_accounts
+    assert {(a.metadata.namespace, a.metadata.name) for a in accounts} == ACCOUNTS
+    for account in accounts:
+        key = (account.metadata.namespace, account.metadata.name)
+        assert [r.name for r in account.secrets] == [token_secret(key)[1]], f"{key} lists {account.secrets}"
+    listed = (await list_in(admin, "")).secrets
+    assert {(s.metadata.namespace, s.metadata.name) for s in listed} == ALL_SECRETS
+    for account in sorted(ACCOUNTS):
+        key = token_secret(account)
+        secret = (await get(admin, key)).secret
+        assert secret.type == secret_pb2.SECRET_TYPE_SERVICE_ACCOUNT_TOKEN, f"{key}: type {secret.type}"
+        assert (key[0], secret.service_account) == account, f"{key}: for {secret.service_account}"
+        assert sorted(secret.data) == TOKEN_DATA_KEYS, f"{key}: data {sorted(secret.data)}"
+        stored.record_token_secret(key, dict(secret.data))
     return before
 
 
@@ -166,14 +214,14 @@ async def list_in(stubs: Stubs, namespace: str) -> secret_pb2.ListSecretsRespons
 
 def shows_data(who: str, key: tuple[str, str]) -> bool:
     """The expectation, from POLICY: gina never; rita in prod; n1 for its bound secrets."""
-    return {"gina": False, "rita": key[0] == "prod", "n1": key in BOUND_TO_N1}[who]
+    return {"gina": False, "rita": key[0] == "prod", "n1": key in N1_VIEW}[who]
 
 
 @pytest.mark.parametrize("who", ["gina", "rita"])
 async def test_get_and_list_show_data_only_where_read_data_is_granted(world, who: str) -> None:
     stubs, stored, _ = world
     caller = stubs[who]
-    for key in SECRET_KEYS:
+    for key in READABLE:
         response = await get(caller, key)
         stored.assert_shown(f"{who} Get", response.secret, shows_data(who, key))
         if not shows_data(who, key):
@@ -181,7 +229,7 @@ async def test_get_and_list_show_data_only_where_read_data_is_granted(world, who
     for namespace in ("", "prod", "dev"):
         response = await list_in(caller, namespace)
         shown = sorted((s.metadata.namespace, s.metadata.name) for s in response.secrets)
-        assert shown == sorted(k for k in SECRET_KEYS if not namespace or k[0] == namespace), (who, namespace)
+        assert shown == [k for k in READABLE if not namespace or k[0] == namespace], (who, namespace)
         for secret in response.secrets:
             key = (secret.metadata.namespace, secret.metadata.name)
             stored.assert_shown(f"{who} List {namespace or 'all'}", secret, shows_data(who, key))
@@ -196,16 +244,18 @@ async def test_every_part_of_a_watch_shows_data_only_where_read_data_is_granted(
 ) -> None:
     stubs, stored, since = world
     admin, caller = stubs["admin"], stubs[who]
-    in_view = [k for k in SECRET_KEYS if not namespace or k[0] == namespace]
+    in_view = [k for k in READABLE if not namespace or k[0] == namespace]
+    rotated = [k for k in in_view if k in SECRET_KEYS]  # the token secrets keep their data
     snapshot = Watcher.open(caller, SECRETS, f"{who}-snapshot", namespace=namespace, send_initial=True)
     replay = Watcher.open(caller, SECRETS, f"{who}-replay", namespace=namespace, since_revision=since)
     try:
         await snapshot.wait_for(lambda: any(e.type == SYNCED for e in snapshot.events), "SYNCED")
         await replay.wait_for(lambda: len(replay.object_events()) >= len(in_view), "the replayed creations")
-        # Both are live now: every secret gets new data, seen as MODIFIED by both.
+        # Both are live now: every secret but the token secrets gets new data, seen as
+        # MODIFIED by both.
         written = await rotate_all(admin, stored)
         for watcher in (snapshot, replay):
-            await watcher.reach(max(written[k] for k in in_view))
+            await watcher.reach(max(written[k] for k in rotated))
 
         added = objects_of(snapshot, [ADDED])
         assert sorted((s.metadata.namespace, s.metadata.name) for s in added) == sorted(in_view)
@@ -214,7 +264,7 @@ async def test_every_part_of_a_watch_shows_data_only_where_read_data_is_granted(
         for watcher in (snapshot, replay):
             modified = objects_of(watcher, [MODIFIED])
             keys = [(s.metadata.namespace, s.metadata.name) for s in modified]
-            assert sorted(keys) == sorted(in_view), f"{watcher.name}: MODIFIED for {keys}"
+            assert sorted(keys) == sorted(rotated), f"{watcher.name}: MODIFIED for {keys}"
             for secret in modified:
                 key = (secret.metadata.namespace, secret.metadata.name)
                 stored.assert_shown(f"{watcher.name} MODIFIED", secret, shows_data(who, key))
@@ -238,22 +288,27 @@ async def test_every_part_of_a_watch_shows_data_only_where_read_data_is_granted(
 async def test_a_node_sees_the_data_of_its_bound_secrets_only(world) -> None:
     stubs, stored, since = world
     admin, node = stubs["admin"], stubs["n1"]
-    # Get: bound secrets with data; dev/delta (which a rule lets it get) without;
-    # prod/beta not at all.
-    for key in (("prod", "alpha"), ("dev", "gamma"), ("dev", "delta")):
+    # Get: bound secrets (its accounts' token secrets too) with data; dev/delta (which a
+    # rule lets it get) without; prod/beta and ops/marker-token not at all.
+    for key in (*sorted(N1_VIEW), ("dev", "delta")):
         stored.assert_shown("n1 Get", (await get(node, key)).secret, shows_data("n1", key))
-    await failure(get(node, ("prod", "beta")), Code.PERMISSION_DENIED)
+    for key in (("prod", "beta"), token_secret(MARKER)):
+        await failure(get(node, key), Code.PERMISSION_DENIED)
 
     snapshot = Watcher.open(node, SECRETS, "n1-snapshot", send_initial=True)
     replay = Watcher.open(node, SECRETS, "n1-replay", since_revision=since)
     try:
         await snapshot.wait_for(lambda: any(e.type == SYNCED for e in snapshot.events), "SYNCED")
-        await replay.wait_for(lambda: len(replay.object_events()) >= len(BOUND_TO_N1), "the bound creations")
+        await replay.wait_for(lambda: len(replay.object_events()) >= len(N1_VIEW), "the bound creations")
         written = await rotate_all(admin, stored)
         for watcher in (snapshot, replay):
             await watcher.reach(max(written[k] for k in BOUND_TO_N1))
             seen = {(o.metadata.namespace, o.metadata.name) for o in watcher.objects}
-            assert seen == BOUND_TO_N1, f"{watcher.name} saw {sorted(seen)}"
+            assert seen == N1_VIEW, f"{watcher.name} saw {sorted(seen)}"
+            added = sorted((o.metadata.namespace, o.metadata.name) for o in objects_of(watcher, [ADDED]))
+            assert added == sorted(N1_VIEW), f"{watcher.name} ADDED {added}"
+            modified = sorted((o.metadata.namespace, o.metadata.name) for o in objects_of(watcher, [MODIFIED]))
+            assert modified == sorted(BOUND_TO_N1), f"{watcher.name} MODIFIED {modified}"
             for secret in objects_of(watcher, [MODIFIED]):
                 stored.assert_whole(f"{watcher.name} MODIFIED", secret)
             for secret in objects_of(watcher, [ADDED]):
