@@ -156,17 +156,59 @@ def started(specs: list[tuple[str, list[str]]], workdir: pathlib.Path, cpus: set
             server.stop()
 
 
+# `python -c PROFILED DIR ARGS...` runs satcheld ARGS with a cProfile of CPU time
+# (time.thread_time) in its main thread, the event loop's, and one in every Python
+# thread it starts (the store's writer and readers, to_thread's workers), each
+# written to DIR when it ends: main.prof, thread-NAME-ID.prof. grpc's own C
+# threads are not seen, nor the C code run inside a profiled call, which
+# counts in that call's time.
+PROFILED = """
+import cProfile, os, sys, threading, time
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+run = threading.Thread.run
+def profiled_run(self):
+    profile = cProfile.Profile(time.thread_time)
+    profile.enable()
+    try:
+        run(self)
+    finally:
+        profile.disable()
+        profile.dump_stats(os.path.join(out, f"thread-{self.name}-{threading.get_ident()}.prof"))
+threading.Thread.run = profiled_run
+sys.argv = ["satcheld", *sys.argv[2:]]
+from satcheld._cli import main
+profile = cProfile.Profile(time.thread_time)
+profile.enable()
+try:
+    code = main()
+finally:
+    profile.disable()
+    profile.dump_stats(os.path.join(out, "main.prof"))
+sys.exit(code)
+"""
+
+
+def satcheld_argv(satcheld: str, args: list[str], profile: pathlib.Path | None) -> list[str]:
+    """How to run `satcheld ARGS`; with `profile`, under cProfile (PROFILED), by
+    the Python beside that satcheld."""
+    if profile is None:
+        return [satcheld, *args]
+    python = pathlib.Path(satcheld).parent / "python"
+    return [str(python), "-c", PROFILED, str(profile.resolve()), *args]
+
+
 @contextlib.contextmanager
 def servers(args: argparse.Namespace, script: str) -> Iterator[Servers]:
     """Places this process and the servers on CPUs (`args.pin`), starts
-    `args.satcheld serve --dev` in a fresh data directory and `script
-    --echo-server CERTS` beside it; stops both on the way out and removes the
-    directory unless `args.keep`."""
+    `args.satcheld serve --dev` in a fresh data directory (under cProfile when
+    the script has a `--profile DIR`) and `script --echo-server CERTS` beside
+    it; stops both on the way out and removes the directory unless `args.keep`."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-"))
     certs = workdir / "certs"
     serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
     specs = [
-        ("satcheld", [args.satcheld, *serve]),
+        ("satcheld", satcheld_argv(args.satcheld, serve, getattr(args, "profile", None))),
         ("echo", [sys.executable, str(pathlib.Path(script).resolve()), "--echo-server", str(certs)]),
     ]
     try:
@@ -222,6 +264,7 @@ class Result:
     latencies: list[float]  # seconds, sorted
     client_cpu: float
     server_cpu: float
+    server_main_cpu: float = 0.0  # of it, the server's main thread (satcheld's event loop)
 
 
 async def measure(
@@ -239,12 +282,12 @@ async def measure(
     start = time.perf_counter() + warmup
     end = start + duration
     latencies: list[float] = []
-    cpu: list[tuple[float, float]] = []
+    cpu: list[tuple[float, float, float]] = []
 
     async def sample() -> None:
         for moment in (start, end):
             await asyncio.sleep(moment - time.perf_counter())
-            cpu.append((client_seconds(), process_seconds(server_pid)))
+            cpu.append((client_seconds(), process_seconds(server_pid), process_seconds(server_pid, server_pid)))
 
     async def worker() -> None:
         while (t0 := time.perf_counter()) < end:
@@ -255,13 +298,14 @@ async def measure(
 
     await asyncio.gather(sample(), *(worker() for _ in range(concurrency)))
     latencies.sort()
-    (client0, server0), (client1, server1) = cpu
+    (client0, server0, main0), (client1, server1, main1) = cpu
     return Result(
         label,
         len(latencies) / duration,
         latencies,
         (client1 - client0) / duration,
         (server1 - server0) / duration,
+        (main1 - main0) / duration,
     )
 
 
@@ -274,9 +318,11 @@ def client_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def process_seconds(pid: int) -> float:
+def process_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU seconds of process `pid` so far, or of its thread `thread` (its main thread: `pid`)."""
     # utime and stime, fields 14 and 15 of /proc/PID/stat (after the comm field).
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    stat = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = pathlib.Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
