@@ -13,24 +13,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from test_auth import RECORD_FIELDS
 
 from satcheld.api._audit import MAX_FIELD, STARTED, AuditLog, Request
 
 KEY = bytes(range(32))
-FIELDS = [
-    "time",
-    "request_id",
-    "principal",
-    "token",
-    "method",
-    "resource",
-    "verb",
-    "decision",
-    "reason",
-    "code",
-    "stage",
-    "duration_ms",
-]
 
 
 def _lines(path: Path) -> list[str]:
@@ -104,7 +91,7 @@ def test_every_record_is_one_line_of_json_with_every_field(tmp_path: Path, value
     assert len(lines) == 2, "one line per record"
     denied, started = map(json.loads, lines)
     for record in (denied, started):
-        assert list(record) == FIELDS
+        assert list(record) == RECORD_FIELDS
         assert record["decision"] == "deny", "a caller's string changed another field"
         for name in ("request_id", "method", "resource", "verb", "reason"):
             assert len(record[name]) <= MAX_FIELD, name
