@@ -18,10 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import NoReturn
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+
+from satchel import pki
 
 # About 100 bytes in three keys, like a small database credential.
 DATA = {
@@ -157,14 +161,14 @@ def started(specs: list[tuple[str, list[str]]], workdir: pathlib.Path, cpus: set
 
 
 @contextlib.contextmanager
-def servers(args: argparse.Namespace, script: str) -> Iterator[Servers]:
+def servers(args: argparse.Namespace, script: str, serve_args: Sequence[str] = ()) -> Iterator[Servers]:
     """Places this process and the servers on CPUs (`args.pin`), starts
-    `args.satcheld serve --dev` in a fresh data directory and `script
-    --echo-server CERTS` beside it; stops both on the way out and removes the
-    directory unless `args.keep`."""
+    `args.satcheld serve --dev [serve_args]` in a fresh data directory and
+    `script --echo-server CERTS` beside it; stops both on the way out and
+    removes the directory unless `args.keep`."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-"))
     certs = workdir / "certs"
-    serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
+    serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0", *serve_args]
     specs = [
         ("satcheld", [args.satcheld, *serve]),
         ("echo", [sys.executable, str(pathlib.Path(script).resolve()), "--echo-server", str(certs)]),
@@ -210,6 +214,34 @@ def credentials(certs: pathlib.Path) -> grpc.ChannelCredentials:
         root_certificates=(certs / "ca.crt").read_bytes(),
         private_key=(certs / "admin.key").read_bytes(),
         certificate_chain=(certs / "admin.crt").read_bytes(),
+    )
+
+
+def node_identities(certs: pathlib.Path, names: Sequence[str]) -> tuple[bytes, list[bytes]]:
+    """A client certificate per node name (URI SAN spiffe://TD/node/NAME), signed by
+    the dev CA in `certs` as `satchelctl certs issue node NAME` would sign it, but
+    all for one EC key: a thousand certificates take a signature each, not a key
+    generation and two files each. Returns (key PEM, certificate PEMs in order)."""
+    ca_cert, ca_key = pki.load_ca(certs)
+    prefix = f"spiffe://{pki.trust_domain_of(ca_cert)}/node/"
+    key = pki.generate_key()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_key = key.public_key()
+    chains = [
+        pki.sign(ca_cert, ca_key, public_key, spiffe_id=prefix + name, ttl=timedelta(hours=24)).public_bytes(
+            serialization.Encoding.PEM
+        )
+        for name in names
+    ]
+    return key_pem, chains
+
+
+def node_credentials(certs: pathlib.Path, key_pem: bytes, chain: bytes) -> grpc.ChannelCredentials:
+    """A node's certificate (from `node_identities`), for satcheld."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.crt").read_bytes(), private_key=key_pem, certificate_chain=chain
     )
 
 
