@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import pathlib
 import resource
@@ -188,7 +189,12 @@ def servers(args: argparse.Namespace, script: str, serve_args: Sequence[str] = (
 
 async def serve(server: grpc.aio.Server, certs: pathlib.Path) -> None:
     """Serves on 127.0.0.1 with satcheld's certificates, client certificates
-    required; says `listening on HOST:PORT`; stops at SIGTERM or SIGINT."""
+    required, and satcheld's garbage-collector thresholds (a like-for-like
+    process); says `listening on HOST:PORT`; stops at SIGTERM or SIGINT."""
+    # Imported here: only the echo servers' processes need satcheld.
+    from satcheld._server import tune_gc
+
+    tune_gc()
     credentials = grpc.ssl_server_credentials(
         [((certs / "server.key").read_bytes(), (certs / "server.crt").read_bytes())],
         root_certificates=(certs / "ca.crt").read_bytes(),
@@ -196,6 +202,8 @@ async def serve(server: grpc.aio.Server, certs: pathlib.Path) -> None:
     )
     port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
+    gc.collect()  # and what starting made is never walked again, as satcheld's CLI does
+    gc.freeze()
     print(f"listening on 127.0.0.1:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
