@@ -240,6 +240,8 @@ class WatchHub:
                 sub.floor = max(sub.floor, revision)
                 sub.last_revision = revision
                 yield payload
+            # The live tail needs neither: an idle stream must not keep its node's bindings as they started.
+            del initial, start
             while True:
                 revision, payload, bookmark = await sub.next()
                 if revision <= sub.floor and not bookmark:
