@@ -17,12 +17,13 @@ per idle node stream with a node graph loaded (--graph-per-node workloads on
 each of --rss-streams nodes); then N streams each presenting its own node
 certificate (node-i, whose one workload binds the watched secret), N admin
 streams and N echo streams, all open at once, and --rounds rounds in which
-each of the three gets one run of writes in turn.
+each of the three gets one run of writes in turn (each round starting with
+the next arm).
 
     .venv/bin/python bench/fanout.py [--streams 100,1000] [--rss-streams 2000]
                                      [--duration 10] [--interval 0.05] [--quick]
     .venv/bin/python bench/fanout.py --as node [--streams 1000] [--rss-streams 1000]
-                                     [--graph-per-node 10] [--rounds 3] [--duration 8]
+                                     [--graph-per-node 10] [--rounds 5] [--duration 6]
                                      [--interval 0.2] [--quick]
 """
 
@@ -85,7 +86,7 @@ CREATE_CONCURRENCY = 64  # creates in flight while loading the graph
 DEFAULTS = {
     "streams": ("100,1000", "1000"),
     "rss_streams": (RSS_STREAMS, 1000),
-    "duration": (10.0, 8.0),
+    "duration": (10.0, 6.0),
     "interval": (0.05, 0.2),
 }
 
@@ -886,16 +887,20 @@ async def _run_nodes(
                     arm.clients = await Clients.start(arm.target, n, args.client_procs, certs, workdir)
                 for number in range(1, args.rounds + 1):
                     print(f"round {number}, N={n}", flush=True)
-                    runs = []
-                    for arm in arms:
+                    # Each round starts one arm later, so that no arm always runs first (after the
+                    # others' idle spell) or lands in step with the server's periodic work.
+                    order = [(number - 1 + i) % len(arms) for i in range(len(arms))]
+                    runs: dict[int, Result] = {}
+                    for i in order:
+                        arm = arms[i]
                         assert arm.clients is not None
-                        runs.append(
-                            await _writes(arm.target, arm.writer, arm.clients, n, args=args, keep_open=True, seq0=seq)
+                        runs[i] = await _writes(
+                            arm.target, arm.writer, arm.clients, n, args=args, keep_open=True, seq0=seq
                         )
-                        print_result(runs[-1], header=not rounds and len(runs) == 1)
+                        print_result(runs[i], header=not rounds and len(runs) == 1)
                     seq += _write_count(args)
-                    rounds.append(runs)
-                    print(f"  {_round_ratios(runs)}", flush=True)
+                    rounds.append([runs[i] for i in range(len(arms))])
+                    print(f"  {_round_ratios(rounds[-1])}", flush=True)
                 for arm in arms:
                     assert arm.clients is not None
                     await arm.clients.finish()
@@ -1108,7 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-streams", type=int, help=f"idle streams for RSS, 0: skip ({default('rss_streams')})")
     parser.add_argument("--duration", type=float, help=f"seconds of writes per run ({default('duration')})")
     parser.add_argument("--interval", type=float, help=f"seconds between writes ({default('interval')})")
-    parser.add_argument("--rounds", type=int, default=3, help="--as node: rounds of one run per arm (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="--as node: rounds of one run per arm (default 5)")
     parser.add_argument(
         "--graph-per-node", type=int, default=10, help="--as node: workloads per node in the RSS graph (default 10)"
     )
@@ -1176,7 +1181,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"namespace={NAMESPACE!r}, send_initial) as the admin, each fed by UpdateSecret of one "
                     f"secret in its namespace every {args.interval * 1000:g} ms for {args.duration:g} s; "
                     f"echo at {echo.address}: Subscribe streams fed by unary Publish calls on the same schedule; "
-                    f"{args.rounds} rounds of node, admin, echo"
+                    f"{args.rounds} rounds of node, admin, echo, each starting one arm later"
                 )
                 print()
                 try:
