@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import pathlib
 import resource
@@ -18,10 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import NoReturn
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+
+from satchel import pki
 
 # About 100 bytes in three keys, like a small database credential.
 DATA = {
@@ -199,14 +204,15 @@ def satcheld_argv(satcheld: str, args: list[str], profile: pathlib.Path | None) 
 
 
 @contextlib.contextmanager
-def servers(args: argparse.Namespace, script: str) -> Iterator[Servers]:
+def servers(args: argparse.Namespace, script: str, serve_args: Sequence[str] = ()) -> Iterator[Servers]:
     """Places this process and the servers on CPUs (`args.pin`), starts
-    `args.satcheld serve --dev` in a fresh data directory (under cProfile when
-    the script has a `--profile DIR`) and `script --echo-server CERTS` beside
-    it; stops both on the way out and removes the directory unless `args.keep`."""
+    `args.satcheld serve --dev [serve_args]` in a fresh data directory (under
+    cProfile when the script has a `--profile DIR`) and `script --echo-server
+    CERTS` beside it; stops both on the way out and removes the directory
+    unless `args.keep`."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-"))
     certs = workdir / "certs"
-    serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
+    serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0", *serve_args]
     specs = [
         ("satcheld", satcheld_argv(args.satcheld, serve, getattr(args, "profile", None))),
         ("echo", [sys.executable, str(pathlib.Path(script).resolve()), "--echo-server", str(certs)]),
@@ -226,7 +232,12 @@ def servers(args: argparse.Namespace, script: str) -> Iterator[Servers]:
 
 async def serve(server: grpc.aio.Server, certs: pathlib.Path) -> None:
     """Serves on 127.0.0.1 with satcheld's certificates, client certificates
-    required; says `listening on HOST:PORT`; stops at SIGTERM or SIGINT."""
+    required, and satcheld's garbage-collector thresholds (a like-for-like
+    process); says `listening on HOST:PORT`; stops at SIGTERM or SIGINT."""
+    # Imported here: only the echo servers' processes need satcheld.
+    from satcheld._server import tune_gc
+
+    tune_gc()
     credentials = grpc.ssl_server_credentials(
         [((certs / "server.key").read_bytes(), (certs / "server.crt").read_bytes())],
         root_certificates=(certs / "ca.crt").read_bytes(),
@@ -234,6 +245,8 @@ async def serve(server: grpc.aio.Server, certs: pathlib.Path) -> None:
     )
     port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
+    gc.collect()  # and what starting made is never walked again, as satcheld's CLI does
+    gc.freeze()
     print(f"listening on 127.0.0.1:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -252,6 +265,34 @@ def credentials(certs: pathlib.Path) -> grpc.ChannelCredentials:
         root_certificates=(certs / "ca.crt").read_bytes(),
         private_key=(certs / "admin.key").read_bytes(),
         certificate_chain=(certs / "admin.crt").read_bytes(),
+    )
+
+
+def node_identities(certs: pathlib.Path, names: Sequence[str]) -> tuple[bytes, list[bytes]]:
+    """A client certificate per node name (URI SAN spiffe://TD/node/NAME), signed by
+    the dev CA in `certs` as `satchelctl certs issue node NAME` would sign it, but
+    all for one EC key: a thousand certificates take a signature each, not a key
+    generation and two files each. Returns (key PEM, certificate PEMs in order)."""
+    ca_cert, ca_key = pki.load_ca(certs)
+    prefix = f"spiffe://{pki.trust_domain_of(ca_cert)}/node/"
+    key = pki.generate_key()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_key = key.public_key()
+    chains = [
+        pki.sign(ca_cert, ca_key, public_key, spiffe_id=prefix + name, ttl=timedelta(hours=24)).public_bytes(
+            serialization.Encoding.PEM
+        )
+        for name in names
+    ]
+    return key_pem, chains
+
+
+def node_credentials(certs: pathlib.Path, key_pem: bytes, chain: bytes) -> grpc.ChannelCredentials:
+    """A node's certificate (from `node_identities`), for satcheld."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.crt").read_bytes(), private_key=key_pem, certificate_chain=chain
     )
 
 

@@ -12,8 +12,19 @@ moment that watcher received the event. Then the same with the echo server's
 Publish (a unary call whose message it fans out to N subscribed streams).
 A run whose latency keeps growing is marked SATURATED. Not a test.
 
+`--as node` compares a node's streams with the admin's instead: first the RSS
+per idle node stream with a node graph loaded (--graph-per-node workloads on
+each of --rss-streams nodes); then N streams each presenting its own node
+certificate (node-i, whose one workload binds the watched secret), N admin
+streams and N echo streams, all open at once, and --rounds rounds in which
+each of the three gets one run of writes in turn (each round starting with
+the next arm).
+
     .venv/bin/python bench/fanout.py [--streams 100,1000] [--rss-streams 2000]
                                      [--duration 10] [--interval 0.05] [--quick]
+    .venv/bin/python bench/fanout.py --as node [--streams 1000] [--rss-streams 1000]
+                                     [--graph-per-node 10] [--rounds 5] [--duration 6]
+                                     [--interval 0.2] [--quick]
 """
 
 from __future__ import annotations
@@ -28,9 +39,11 @@ import pickle
 import platform
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterable
 
 # This script's directory is on sys.path.
 import _harness
@@ -38,7 +51,15 @@ import grpc
 from _harness import DATA, Server, client_seconds, percentile, process_seconds
 from google.protobuf import field_mask_pb2
 
-from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
+from satchel.v1 import (
+    meta_pb2,
+    secret_pb2,
+    secret_pb2_grpc,
+    service_account_pb2,
+    service_account_pb2_grpc,
+    workload_pb2,
+    workload_pb2_grpc,
+)
 
 NAMESPACE = "bench-fanout"
 SECRET = "fanout"
@@ -55,6 +76,19 @@ RSS_STREAMS = 2000  # ... at N=2000
 SETUP_TIMEOUT = 120.0  # for all N streams to get their SYNCED
 DRAIN_TIMEOUT = 10.0  # + --duration, after the last write, for every watcher to see it
 SETTLE = 1.0  # seconds before reading RSS
+# --as node
+NODE_NAMESPACE = "bench-nodes"  # the node arm's secret and its nodes' workloads
+GRAPH_NAMESPACE = "bench-graph"  # the graph loaded for the memory figure
+NODE_TARGET = 1.2  # node p99 and CPU per delivery / admin's ...
+ADMIN_TARGET = 1.2  # ... and admin's / echo's (the Watch target), at an unsaturated rate
+CREATE_CONCURRENCY = 64  # creates in flight while loading the graph
+# Defaults per mode: (admin, node).
+DEFAULTS = {
+    "streams": ("100,1000", "1000"),
+    "rss_streams": (RSS_STREAMS, 1000),
+    "duration": (10.0, 6.0),
+    "interval": (0.05, 0.2),
+}
 
 
 # --- the echo fan-out server (its own process: `fanout.py --echo-server CERTS`) ---
@@ -209,15 +243,16 @@ async def _consume(w: Watcher, established: asyncio.Event, counter: list[int]) -
     established.set()  # wake the waiter, which looks for errors
 
 
-async def _open(address: str, method: str, n: int, credentials: grpc.ChannelCredentials) -> Streams:
-    """Opens N channels with one watch stream each and waits for every SYNCED."""
-    request = secret_pb2.WatchSecretsRequest(namespace=NAMESPACE, send_initial=True)
+async def _open(address: str, method: str, namespace: str, credentials: list[grpc.ChannelCredentials]) -> Streams:
+    """Opens a channel with one watch stream per credentials and waits for every SYNCED."""
+    request = secret_pb2.WatchSecretsRequest(namespace=namespace, send_initial=True)
+    n = len(credentials)
     established = asyncio.Event()
     counter = [0]
     t0 = time.perf_counter()
     streams = Streams([], [])
-    for _ in range(n):
-        w = Watcher(_own_channel(address, credentials))
+    for stream_credentials in credentials:
+        w = Watcher(_own_channel(address, stream_credentials))
         w.call = w.channel.unary_stream(
             method,
             request_serializer=secret_pb2.WatchSecretsRequest.SerializeToString,
@@ -242,29 +277,66 @@ async def _open(address: str, method: str, n: int, credentials: grpc.ChannelCred
     return streams
 
 
-async def _serve_watchers(address: str, method: str, certs: pathlib.Path, n: int, out: pathlib.Path) -> None:
-    """A watcher process (`fanout.py --watchers ...`): opens N streams, says
-    `ready SECONDS`, then reads one line of JSON from stdin, the revisions it
-    should receive and for how long to wait for them; waits, says `drained`;
-    at the next line closes the streams, pickles what each stream received to
-    OUT and says `done`. End of input closes the streams and exits."""
+@dataclasses.dataclass
+class WatcherSpec:
+    """What one watcher process opens: N streams to ADDRESS's METHOD of NAMESPACE,
+    as the admin (`identities` None) or each stream as its own node: stream i
+    presents certificate `first` + i of the `identities` file (see `_mint_nodes`)."""
+
+    address: str
+    method: str
+    namespace: str
+    certs: str
+    n: int
+    out: str
+    identities: str | None = None
+    first: int = 0
+
+    def credentials(self) -> list[grpc.ChannelCredentials]:
+        certs = pathlib.Path(self.certs)
+        if self.identities is None:
+            return [_harness.credentials(certs)] * self.n
+        key_pem, chains = pickle.loads(pathlib.Path(self.identities).read_bytes())
+        if self.first + self.n > len(chains):
+            raise SystemExit(f"{self.identities} holds {len(chains)} node certificates, not {self.first + self.n}")
+        return [_harness.node_credentials(certs, key_pem, chain) for chain in chains[self.first : self.first + self.n]]
+
+
+async def _serve_watchers(spec: WatcherSpec) -> None:
+    """A watcher process (`fanout.py --watchers SPEC`): opens the streams, says
+    `ready SECONDS`, then follows one line of JSON at a time from stdin:
+    {"drain": revisions, "timeout": seconds} waits until every stream received
+    those revisions (or the timeout) and says `drained`; {"dump": true} pickles
+    what each stream received since the last dump to OUT, forgets it and says
+    `dumped`. `close`, or the end of input, closes the streams, pickles what
+    they received since the last dump to OUT and says `done`."""
     _die_with_parent()
-    streams = await _open(address, method, n, _harness.credentials(certs))
+    streams = await _open(spec.address, spec.method, spec.namespace, spec.credentials())
     print(f"ready {streams.setup_seconds:.3f}", flush=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    if line:
+    out = pathlib.Path(spec.out)
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        records = [(w.received, w.duplicates, w.error, w.size) for w in streams.watchers]
+        out.write_bytes(pickle.dumps(records))
+        for w in streams.watchers:
+            w.received, w.duplicates = {}, 0
+
+    while (line := await loop.run_in_executor(None, sys.stdin.readline)) and line.strip() != "close":
         order = json.loads(line)
-        revisions = set(order["revisions"])
-        deadline = time.perf_counter() + order["timeout"]
-        while time.perf_counter() < deadline and any(
-            not w.error and not revisions <= w.received.keys() for w in streams.watchers
-        ):
-            await asyncio.sleep(0.05)
-        print("drained", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if "drain" in order:
+            revisions = set(order["drain"])
+            deadline = time.perf_counter() + order["timeout"]
+            while time.perf_counter() < deadline and any(
+                not w.error and not revisions <= w.received.keys() for w in streams.watchers
+            ):
+                await asyncio.sleep(0.05)
+            print("drained", flush=True)
+        elif order.get("dump"):
+            dump()
+            print("dumped", flush=True)
     await streams.close()
-    records = [(w.received, w.duplicates, w.error, w.size) for w in streams.watchers]
-    out.write_bytes(pickle.dumps(records))
+    dump()
     print("done", flush=True)
 
 
@@ -283,14 +355,18 @@ def _die_with_parent() -> None:
 
 @dataclasses.dataclass
 class Target:
-    """A server and the method its watchers call."""
+    """A server, the method and namespace its watchers call, and as whom: the
+    admin, or each stream as its own node (`identities`, from `_mint_nodes`)."""
 
     name: str
     server: Server
     method: str
+    namespace: str = NAMESPACE
+    identities: pathlib.Path | None = None
 
 
 WORKER_PIDS: set[int] = set()  # for the last-resort cleanup in main
+Record = tuple[dict[int, float], int, str, int]  # per stream: revision -> receipt, duplicates, error, event size
 
 
 class Clients:
@@ -310,11 +386,21 @@ class Clients:
             for i, size in enumerate(s for s in sizes if s):
                 out = workdir / f"watchers-{target.name}-{n}-{i}.pickle"
                 log = workdir / f"watchers-{target.name}-{n}-{i}.log"
+                spec = WatcherSpec(
+                    target.server.address,
+                    target.method,
+                    target.namespace,
+                    str(certs),
+                    size,
+                    str(out),
+                    None if target.identities is None else str(target.identities),
+                    sum(sizes[:i]),
+                )
                 with log.open("w") as errors:
                     proc = subprocess.Popen(
                         [
                             sys.executable, str(pathlib.Path(__file__).resolve()), "--watchers",
-                            target.server.address, target.method, str(certs), str(size), str(out),
+                            json.dumps(dataclasses.asdict(spec)),
                         ],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
                     )  # fmt: skip
@@ -357,14 +443,23 @@ class Clients:
 
     async def drain(self, revisions: set[int], timeout: float) -> None:
         """Returns once every stream received `revisions`, or after `timeout` seconds."""
-        order = {"revisions": sorted(revisions), "timeout": timeout}
+        order = {"drain": sorted(revisions), "timeout": timeout}
         self._say(json.dumps(order).encode() + b"\n")
         for proc, log in zip(self.procs, self.logs, strict=True):
             await self._line(proc, log, "drained", timeout + 60)
 
-    async def finish(self) -> list[tuple[dict[int, float], int, str, int]]:
-        """Closes the streams (after `drain`) and returns (received revision ->
-        receipt time, duplicates, error, event size) per stream."""
+    async def collect(self) -> list[Record]:
+        """(received revision -> receipt time, duplicates, error, event size) per
+        stream since the last `collect`; the streams stay open."""
+        self._say(b'{"dump": true}\n')
+        records = []
+        for proc, log, out in zip(self.procs, self.logs, self.outs, strict=True):
+            await self._line(proc, log, "dumped", 60)
+            records.extend(pickle.loads(out.read_bytes()))
+        return records
+
+    async def finish(self) -> list[Record]:
+        """Closes the streams (after `drain`) and returns what `collect` would."""
         try:
             self._say(b"close\n")
             records = []
@@ -394,20 +489,22 @@ class Clients:
 class SatchelWriter:
     """Updates one secret with new data; an event's key is its revision."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, namespace: str = NAMESPACE) -> None:
         self._stub = secret_pb2_grpc.SecretServiceStub(channel)
+        self._namespace = namespace
 
     def _request(self, seq: int) -> secret_pb2.UpdateSecretRequest:
         data = {**DATA, "password": DATA["password"][:-8] + b"%08d" % (seq % 10**8)}
+        meta = meta_pb2.ObjectMeta(namespace=self._namespace, name=SECRET)
         return secret_pb2.UpdateSecretRequest(
-            secret=secret_pb2.Secret(metadata=meta_pb2.ObjectMeta(namespace=NAMESPACE, name=SECRET), data=data),
+            secret=secret_pb2.Secret(metadata=meta, data=data),
             update_mask=field_mask_pb2.FieldMask(paths=["data"]),
         )
 
     async def prepare(self) -> secret_pb2.Secret:
         """Creates the watched secret; returns it after one update."""
         secret = secret_pb2.Secret(
-            metadata=meta_pb2.ObjectMeta(namespace=NAMESPACE, name=SECRET),
+            metadata=meta_pb2.ObjectMeta(namespace=self._namespace, name=SECRET),
             type=secret_pb2.SECRET_TYPE_OPAQUE,
             data=DATA,
         )
@@ -468,6 +565,7 @@ class Result:
     client_cpu: float
     server_cpu: float
     errors: list[str]
+    latencies: list[float] = dataclasses.field(default_factory=list, repr=False)  # seconds, sorted
 
     @property
     def saturated(self) -> bool:
@@ -493,29 +591,46 @@ async def _measure(
     _check_alive(target.server)
     clients = await Clients.start(target, n, args.client_procs, certs, workdir)
     try:
-        count = max(1, round(args.duration / args.interval))
-        server = target.server.process.pid
-
-        def cpu() -> tuple[float, float, float]:
-            client = client_seconds() + sum(map(process_seconds, clients.pids))
-            return client, process_seconds(server), time.perf_counter()
-
-        cpu0 = cpu()
-        start = time.perf_counter() + args.interval
-        calls = []
-        for seq in range(1, count + 1):
-            # On a fixed schedule, not after the previous write returns.
-            await asyncio.sleep(max(0.0, start + (seq - 1) * args.interval - time.perf_counter()))
-            calls.append(asyncio.create_task(writer.write(seq)))
-        outcomes = await asyncio.gather(*calls, return_exceptions=True)
-        writes = [o for o in outcomes if not isinstance(o, BaseException)]
-        errors = [f"write failed: {_describe(o)}" for o in outcomes if isinstance(o, BaseException)]
-        drain = DRAIN_TIMEOUT + args.duration  # room for the backlog of a saturated run
-        await clients.drain({revision for _, revision, _ in writes}, drain)
-        cpu1 = cpu()  # from the first write until every event was received
-        records = await clients.finish()
+        return await _writes(target, writer, clients, n, args=args, keep_open=False)
     finally:
         clients.kill()
+
+
+async def _writes(
+    target: Target,
+    writer: SatchelWriter | EchoWriter,
+    clients: Clients,
+    n: int,
+    *,
+    args: argparse.Namespace,
+    keep_open: bool,
+    seq0: int = 0,
+) -> Result:
+    """One run of writes to the N streams `clients` hold: every --interval for
+    --duration seconds, then until every stream received them; the streams are
+    then closed, or kept open for another run (`keep_open`)."""
+    _check_alive(target.server)
+    count = _write_count(args)
+    server = target.server.process.pid
+
+    def cpu() -> tuple[float, float, float]:
+        client = client_seconds() + sum(map(process_seconds, clients.pids))
+        return client, process_seconds(server), time.perf_counter()
+
+    cpu0 = cpu()
+    start = time.perf_counter() + args.interval
+    calls = []
+    for seq in range(1, count + 1):
+        # On a fixed schedule, not after the previous write returns.
+        await asyncio.sleep(max(0.0, start + (seq - 1) * args.interval - time.perf_counter()))
+        calls.append(asyncio.create_task(writer.write(seq0 + seq)))
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    writes = [o for o in outcomes if not isinstance(o, BaseException)]
+    errors = [f"write failed: {_describe(o)}" for o in outcomes if isinstance(o, BaseException)]
+    drain = DRAIN_TIMEOUT + args.duration  # room for the backlog of a saturated run
+    await clients.drain({revision for _, revision, _ in writes}, drain)
+    cpu1 = cpu()  # from the first write until every event was received
+    records = await (clients.collect() if keep_open else clients.finish())
 
     latencies: list[float] = []
     per_write: list[list[float]] = [[] for _ in writes]
@@ -564,7 +679,12 @@ async def _measure(
         client_cpu=(cpu1[0] - cpu0[0]) / elapsed,
         server_cpu=(cpu1[1] - cpu0[1]) / elapsed,
         errors=errors,
+        latencies=latencies,
     )
+
+
+def _write_count(args: argparse.Namespace) -> int:
+    return max(1, round(args.duration / args.interval))
 
 
 def _describe(error: BaseException) -> str:
@@ -608,6 +728,188 @@ async def _memory(
     finally:
         clients.kill()
     return Memory(target.name, n, rss0, rss, sockets0, sockets)
+
+
+# --- `--as node`: each stream a node of its own, seeing only what its workloads bind ---
+
+
+def _node_names(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}-{i:05d}" for i in range(n)]
+
+
+def _mint_nodes(certs: pathlib.Path, names: list[str], path: pathlib.Path) -> pathlib.Path:
+    """A certificate per node, all in one file that the watcher processes read."""
+    path.write_bytes(pickle.dumps(_harness.node_identities(certs, names)))
+    return path
+
+
+async def _all(calls: Iterable[Callable[[], Awaitable[object]]], concurrency: int = CREATE_CONCURRENCY) -> None:
+    """Makes the calls, `concurrency` at a time (the store commits them in groups)."""
+    pending = iter(calls)
+
+    async def worker() -> None:
+        for call in pending:
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def _workload(namespace: str, name: str, node: str, secrets: list[str], account: str = "") -> workload_pb2.Workload:
+    return workload_pb2.Workload(
+        metadata=meta_pb2.ObjectMeta(namespace=namespace, name=name),
+        node_name=node,
+        service_account=account,
+        secrets=secrets,
+    )
+
+
+async def _bind_nodes(channel: grpc.aio.Channel, nodes: list[str]) -> None:
+    """One workload per node in NODE_NAMESPACE, bound to the shared secret (and,
+    with no account named, to the namespace's `default` account)."""
+    stub = workload_pb2_grpc.WorkloadServiceStub(channel)
+
+    def create(i: int) -> Callable[[], Awaitable[object]]:
+        workload = _workload(NODE_NAMESPACE, f"w-{i:05d}", nodes[i], [SECRET])
+        return lambda: stub.CreateWorkload(workload_pb2.CreateWorkloadRequest(workload=workload))
+
+    await create(0)()  # alone: it creates the `default` account the others then use
+    await _all(create(i) for i in range(1, len(nodes)))
+
+
+async def _load_graph(channel: grpc.aio.Channel, nodes: list[str], per_node: int) -> tuple[int, int, int]:
+    """The node graph for the memory figure, in GRAPH_NAMESPACE: as many secrets
+    and accounts as nodes (account j lists secret j), and `per_node` workloads on
+    each node, workload k binding account k mod A and secrets k and 7k+3 mod S.
+    Returns (secrets, accounts, workloads)."""
+    secrets = secret_pb2_grpc.SecretServiceStub(channel)
+    accounts = service_account_pb2_grpc.ServiceAccountServiceStub(channel)
+    workloads = workload_pb2_grpc.WorkloadServiceStub(channel)
+    count = len(nodes)
+    secret_names, account_names = _node_names("s", count), _node_names("sa", count)
+
+    def secret(name: str) -> Callable[[], Awaitable[object]]:
+        request = secret_pb2.CreateSecretRequest(
+            secret=secret_pb2.Secret(metadata=meta_pb2.ObjectMeta(namespace=GRAPH_NAMESPACE, name=name), data=DATA)
+        )
+        return lambda: secrets.CreateSecret(request)
+
+    def account(j: int) -> Callable[[], Awaitable[object]]:
+        request = service_account_pb2.CreateServiceAccountRequest(
+            service_account=service_account_pb2.ServiceAccount(
+                metadata=meta_pb2.ObjectMeta(namespace=GRAPH_NAMESPACE, name=account_names[j]),
+                secrets=[service_account_pb2.SecretReference(name=secret_names[j])],
+            )
+        )
+        return lambda: accounts.CreateServiceAccount(request)
+
+    def workload(k: int) -> Callable[[], Awaitable[object]]:
+        bound = [secret_names[k % count], secret_names[(7 * k + 3) % count]]
+        w = _workload(GRAPH_NAMESPACE, f"w-{k:06d}", nodes[k // per_node], bound, account_names[k % count])
+        return lambda: workloads.CreateWorkload(workload_pb2.CreateWorkloadRequest(workload=w))
+
+    await _all(secret(name) for name in secret_names)
+    await _all(account(j) for j in range(count))
+    await _all(workload(k) for k in range(count * per_node))
+    return count, count, count * per_node
+
+
+async def _node_memory(
+    args: argparse.Namespace, satchel: Server, channel: grpc.aio.Channel, certs: pathlib.Path, workdir: pathlib.Path
+) -> Memory:
+    """RSS of satcheld with the node graph loaded and no streams, then with one
+    idle node stream per node (after a warm-up of 10 node streams)."""
+    nodes = _node_names("graph-node", args.rss_streams)
+    t0 = time.perf_counter()
+    secrets, accounts, workloads = await _load_graph(channel, nodes, args.graph_per_node)
+    print(
+        f"graph in namespace {GRAPH_NAMESPACE!r}: {workloads} workloads on {len(nodes)} nodes "
+        f"({args.graph_per_node} each; each workload binds 2 of {secrets} secrets and one of "
+        f"{accounts} accounts, each account lists one secret), created in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    identities = _mint_nodes(certs, nodes, workdir / "graph-nodes.pickle")
+    target = Target("node", satchel, WATCH_METHOD, GRAPH_NAMESPACE, identities)
+    return await _memory(target, len(nodes), args=args, certs=certs, workdir=workdir)
+
+
+@dataclasses.dataclass
+class Arm:
+    """One side of the `--as node` comparison: its target, writer and open streams."""
+
+    target: Target
+    writer: SatchelWriter | EchoWriter
+    clients: Clients | None = None
+
+
+async def _run_nodes(
+    args: argparse.Namespace, satchel: Server, echo: Server, certs: pathlib.Path, workdir: pathlib.Path
+) -> tuple[list[list[Result]], list[Memory]]:
+    """`--as node`: the memory of idle node streams with the graph loaded; then
+    for each N, N node streams, N admin streams and N echo streams, all open
+    at once (each arm in its own watcher process), and --rounds rounds of one
+    run of writes per arm. Returns the runs of each round and the memory."""
+    credentials = _harness.credentials(certs)
+    nodes = _node_names("node", max(args.streams))
+    async with (
+        _own_channel(satchel.address, credentials) as satchel_channel,
+        _own_channel(echo.address, credentials) as echo_channel,
+    ):
+        admin_writer = SatchelWriter(satchel_channel, NAMESPACE)
+        template = await admin_writer.prepare()
+        node_writer = SatchelWriter(satchel_channel, NODE_NAMESPACE)
+        await node_writer.prepare()
+
+        memory = []
+        if args.rss_streams:
+            memory = [await _node_memory(args, satchel, satchel_channel, certs, workdir)]
+            print_memory(memory)
+            print()
+
+        t0 = time.perf_counter()
+        await _bind_nodes(satchel_channel, nodes)
+        identities = _mint_nodes(certs, nodes, workdir / "nodes.pickle")
+        print(
+            f"node arm: {len(nodes)} workloads in {NODE_NAMESPACE!r}, one per node, each bound to secret "
+            f"{SECRET!r}, and a certificate per node: {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+        arms = [
+            Arm(Target("node", satchel, WATCH_METHOD, NODE_NAMESPACE, identities), node_writer),
+            Arm(Target("admin", satchel, WATCH_METHOD, NAMESPACE), admin_writer),
+            Arm(Target("echo", echo, SUBSCRIBE_METHOD), EchoWriter(echo_channel, template)),
+        ]
+        print()
+        rounds: list[list[Result]] = []
+        seq = 0
+        for n in args.streams:
+            try:
+                for arm in arms:
+                    arm.clients = await Clients.start(arm.target, n, args.client_procs, certs, workdir)
+                for number in range(1, args.rounds + 1):
+                    print(f"round {number}, N={n}", flush=True)
+                    # Each round starts one arm later, so that no arm always runs first (after the
+                    # others' idle spell) or lands in step with the server's periodic work.
+                    order = [(number - 1 + i) % len(arms) for i in range(len(arms))]
+                    runs: dict[int, Result] = {}
+                    for i in order:
+                        arm = arms[i]
+                        assert arm.clients is not None
+                        runs[i] = await _writes(
+                            arm.target, arm.writer, arm.clients, n, args=args, keep_open=True, seq0=seq
+                        )
+                        print_result(runs[i], header=not rounds and len(runs) == 1)
+                    seq += _write_count(args)
+                    rounds.append([runs[i] for i in range(len(arms))])
+                    print(f"  {_round_ratios(rounds[-1])}", flush=True)
+                for arm in arms:
+                    assert arm.clients is not None
+                    await arm.clients.finish()
+            finally:
+                for arm in arms:
+                    if arm.clients is not None:
+                        arm.clients.kill()
+                        arm.clients = None
+        return rounds, memory
 
 
 async def _run(
@@ -723,13 +1025,67 @@ def print_verdicts(results: list[Result], memory: list[Memory]) -> None:
     )
 
 
-def _clients(k: int) -> str:
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _round_ratios(runs: list[Result]) -> str:
+    """One round of `--as node` (node, admin, echo runs): the ratios judged."""
+    node, admin, echo = runs
+    return (
+        f"node/admin p99 {_ratio(node.p99_ms, admin.p99_ms):.2f}, server CPU per delivery "
+        f"{_ratio(node.server_us, admin.server_us):.2f}; admin/echo p99 {_ratio(admin.p99_ms, echo.p99_ms):.2f}, "
+        f"server CPU per delivery {_ratio(admin.server_us, echo.server_us):.2f}"
+    )
+
+
+def print_node_verdicts(rounds: list[list[Result]], memory: list[Memory]) -> None:
+    """Per arm the p50/p99 over every round's pairs and the median CPU per
+    delivery; the judged figures are the medians of the rounds' ratios."""
+    for n in dict.fromkeys(runs[0].streams for runs in rounds):
+        of_n = [runs for runs in rounds if runs[0].streams == n]
+        print(f"N={n}, {len(of_n)} rounds (p50/p99/max over all rounds' pairs; median of the rounds' CPU figures):")
+        print(
+            f"  {'arm':<7}{'pairs':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'missed':>7}"
+            f"{'server us/pair':>15}{'server CPU':>11}{'saturated':>10}"
+        )
+        for arm in zip(*of_n, strict=True):
+            latencies = sorted(t for run in arm for t in run.latencies)
+            print(
+                f"  {arm[0].target:<7}{len(latencies):>8}{percentile(latencies, 0.5) * 1000:>8.1f}"
+                f"{percentile(latencies, 0.99) * 1000:>8.1f}{(latencies[-1] if latencies else 0) * 1000:>8.1f}"
+                f"{sum(r.missed for r in arm):>7}{statistics.median(r.server_us for r in arm):>15.0f}"
+                f"{statistics.median(r.server_cpu for r in arm):>11.0%}"
+                f"{f'{sum(r.saturated for r in arm)}/{len(arm)}':>10}"
+            )
+        for a, b, label, target in ((0, 1, "node/admin", NODE_TARGET), (1, 2, "admin/echo", ADMIN_TARGET)):
+            saturated = any(runs[a].saturated or runs[b].saturated for runs in of_n)
+            parts = []
+            for what, field in (("p99", "p99_ms"), ("server CPU per delivery", "server_us")):
+                ratios = [_ratio(getattr(runs[a], field), getattr(runs[b], field)) for runs in of_n]
+                median = statistics.median(ratios)
+                if saturated and field == "p99_ms":
+                    verdict = "not judged: a round was SATURATED, it compares backlogs"
+                else:
+                    verdict = "ok" if median <= target else "ABOVE TARGET"
+                spread = f"rounds {min(ratios):.2f}-{max(ratios):.2f}"
+                parts.append(f"{what} {median:.2f} ({spread}; target <= {target}) {verdict}")
+            print(f"  {label}: " + "; ".join(parts))
+    for m in memory:
+        verdict = "ok" if m.per_stream_kib <= RSS_TARGET_KIB else "ABOVE TARGET"
+        print(
+            f"RSS per idle node stream at N={m.streams}, graph loaded: {m.per_stream_kib:.1f} KiB "
+            f"(target <= {RSS_TARGET_KIB:.0f}) {verdict}"
+        )
+
+
+def _clients(k: int, who: str) -> str:
     where = (
         "one watcher process holds all N streams" if k == 1 else f"the N streams are split over {k} watcher processes"
     )
     return (
         f"clients: {where}, each stream on its own grpc.aio mTLS channel and connection "
-        "(admin certificate, local subchannel pool), the same code for both servers; the writer "
+        f"({who}, local subchannel pool), the same code for every server; the writer "
         "runs in the bench process on one more channel; latency = a watcher's receipt - the moment "
         "the write call was made, both time.time() (one system clock)"
     )
@@ -741,11 +1097,31 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _harness.argument_parser(__doc__)
-    parser.add_argument("--streams", default="100,1000", help="comma-separated stream counts for the latency runs")
-    parser.add_argument("--rss-streams", type=int, default=RSS_STREAMS, help="idle streams for RSS (0: skip)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of writes per run")
-    parser.add_argument("--interval", type=float, default=0.05, help="seconds between writes")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 50 streams, 3 s, RSS at 200 streams")
+    parser.add_argument(
+        "--as",
+        dest="mode",
+        choices=("admin", "node"),
+        default="admin",
+        help="admin: satcheld's admin streams against the echo; node: node streams against admin and echo",
+    )
+
+    def default(name: str) -> str:
+        admin, node = DEFAULTS[name]
+        return f"default {admin}; {node} with --as node"
+
+    parser.add_argument("--streams", help=f"comma-separated stream counts for the latency runs ({default('streams')})")
+    parser.add_argument("--rss-streams", type=int, help=f"idle streams for RSS, 0: skip ({default('rss_streams')})")
+    parser.add_argument("--duration", type=float, help=f"seconds of writes per run ({default('duration')})")
+    parser.add_argument("--interval", type=float, help=f"seconds between writes ({default('interval')})")
+    parser.add_argument("--rounds", type=int, default=5, help="--as node: rounds of one run per arm (default 5)")
+    parser.add_argument(
+        "--graph-per-node", type=int, default=10, help="--as node: workloads per node in the RSS graph (default 10)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 50 streams, 3 s, RSS at 200 streams (--as node: and one round)",
+    )
     _harness.add_server_arguments(parser)
     parser.add_argument(
         "--client-procs",
@@ -753,19 +1129,22 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="watcher processes to split the streams over (the writer stays in this one)",
     )
-    parser.add_argument("--watchers", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--watchers", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.echo_server:
         asyncio.run(_serve_echo(args.echo_server))
         return 0
     if args.watchers:
-        address, method, certs, n, out = args.watchers
-        asyncio.run(_serve_watchers(address, method, pathlib.Path(certs), int(n), pathlib.Path(out)))
+        asyncio.run(_serve_watchers(WatcherSpec(**json.loads(args.watchers))))
         return 0
 
+    as_node = args.mode == "node"
+    for name, values in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, values[as_node])
     if args.quick:
-        args.streams, args.duration, args.rss_streams = "50", 3.0, 200
+        args.streams, args.duration, args.rss_streams, args.rounds = "50", 3.0, 200, 1
     try:
         args.streams = [int(s) for s in args.streams.split(",") if s.strip()]
     except ValueError:
@@ -776,12 +1155,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--client-procs must be at least 1")
     if args.interval <= 0 or args.duration <= 0:
         parser.error("--duration and --interval must be positive")
+    if args.rounds < 1 or args.graph_per_node < 1:
+        parser.error("--rounds and --graph-per-node must be at least 1")
     _harness.require_satcheld(args.satcheld)
 
-    # A socket per stream here and in the server, plus grpc's own.
-    nofile = _raise_nofile(max(*args.streams, args.rss_streams) + 256)
+    # A socket per stream here and in the server, plus grpc's own (--as node: three arms open at once).
+    nofile = _raise_nofile(max(3 * max(args.streams) if as_node else 0, *args.streams, args.rss_streams) + 256)
+    # --as node keeps each arm's streams open while the others run: bookmarks to
+    # those idle streams would be charged to the arm that runs, so there are none.
+    serve_args = ["--bookmark-interval", "1h"] if as_node else []
     started = time.perf_counter()
-    with _harness.servers(args, __file__) as servers:
+    with _harness.servers(args, __file__, serve_args) as servers:
         satcheld, echo = servers.satcheld, servers.echo
         try:
             print(
@@ -789,7 +1173,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"Python {platform.python_version()}, "
                 f"{os.cpu_count()} CPUs ({servers.placement}); {nofile}; {_load()}"
             )
-            print(_clients(args.client_procs))
+            if as_node:
+                print(_clients(args.client_procs, "node arm: node-i's certificate; admin and echo arms: the admin's"))
+                print(
+                    f"satcheld --dev --bookmark-interval 1h at {satcheld.address}: node arm WatchSecrets("
+                    f"namespace={NODE_NAMESPACE!r}, send_initial) as node-i, admin arm WatchSecrets("
+                    f"namespace={NAMESPACE!r}, send_initial) as the admin, each fed by UpdateSecret of one "
+                    f"secret in its namespace every {args.interval * 1000:g} ms for {args.duration:g} s; "
+                    f"echo at {echo.address}: Subscribe streams fed by unary Publish calls on the same schedule; "
+                    f"{args.rounds} rounds of node, admin, echo, each starting one arm later"
+                )
+                print()
+                try:
+                    rounds, memory = asyncio.run(_run_nodes(args, satcheld, echo, servers.certs, servers.workdir))
+                except grpc.aio.AioRpcError as error:
+                    raise SystemExit(f"bench call failed: {_describe(error)}") from None
+                print()
+                print_node_verdicts(rounds, memory)
+                servers.warn_exited()
+                print(f"total {time.perf_counter() - started:.0f} s; {_load()}")
+                return 0
+            print(_clients(args.client_procs, "admin certificate"))
             print(
                 f"satcheld --dev at {satcheld.address}: WatchSecrets(namespace={NAMESPACE!r}, "
                 f"send_initial), UpdateSecret of one secret every {args.interval * 1000:g} ms for "

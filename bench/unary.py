@@ -5,9 +5,10 @@ Prints QPS, p50 and p99 for GetSecret and CreateSecret next to an echo of a
 payload of the same size, and the ratios Satchel / echo. Satchel and echo
 alternate in short runs, round after round, and each ratio is the median of
 the rounds' ratios: a shared machine's slow spells then weigh on both sides
-alike. Not a test.
+alike. `--as node` makes the rounds GetSecret as a node (whose one workload
+binds the secret), GetSecret as the admin and the echo instead. Not a test.
 
-    .venv/bin/python bench/unary.py [--rounds 9] [--duration 2] [--warmup 0.5] [--concurrency 32]
+    .venv/bin/python bench/unary.py [--as node] [--rounds 9] [--duration 2] [--warmup 0.5] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ import _harness
 import grpc
 from _harness import DATA, Result, Server, percentile
 
-from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
+from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc, workload_pb2, workload_pb2_grpc
 
 ECHO_METHOD = "/satchel.bench.Echo/Echo"
 NAMESPACE = "default"
-TARGETS = {"GetSecret": 0.8, "CreateSecret": 0.5}
+NODE = "bench-node"  # --as node: the node whose workload binds the secret read
+# Per mode, the ratios judged: (label, run index of the numerator, of the denominator, target QPS ratio).
+COMPARISONS = {
+    "admin": [("GetSecret/echo", 0, 1, 0.8), ("CreateSecret/echo", 2, 3, 0.5)],
+    "node": [("GetSecret node/admin", 0, 1, 0.9), ("GetSecret admin/echo", 1, 2, 0.8)],
+}
 
 
 # --- the echo server (runs in its own process: `unary.py --echo-server CERTS`) ---
@@ -68,7 +74,8 @@ def _secret(name: str) -> secret_pb2.Secret:
 
 
 async def _run(args: argparse.Namespace, satchel: Server, echo: Server, certs: pathlib.Path) -> list[list[Result]]:
-    """Per round: GetSecret, then CreateSecret, each followed by an echo of its size."""
+    """Per round: GetSecret, then CreateSecret, each followed by an echo of its
+    size; `--as node`: GetSecret as the node, as the admin, then the echo."""
     timing = {"concurrency": args.concurrency, "warmup": args.warmup, "duration": args.duration}
 
     async def on_satchel(label: str, call: Callable[[], Awaitable[object]]) -> Result:
@@ -89,7 +96,10 @@ async def _run(args: argparse.Namespace, satchel: Server, echo: Server, certs: p
 
         await stub.CreateSecret(secret_pb2.CreateSecretRequest(secret=_secret("bench-get")))
         get = secret_pb2.GetSecretRequest(namespace=NAMESPACE, name="bench-get")
-        get_size = (await stub.GetSecret(get)).ByteSize()
+        response = await stub.GetSecret(get)
+        get_size = response.ByteSize()
+        if args.mode == "node":
+            return await _run_node(args, on_satchel, on_echo, satchel, certs, channel, get, response)
 
         names = (f"bench-create-{i:08d}" for i in itertools.count())
         create_size = secret_pb2.CreateSecretRequest(secret=_secret(next(names))).ByteSize()
@@ -115,7 +125,49 @@ async def _run(args: argparse.Namespace, satchel: Server, echo: Server, certs: p
         return rounds
 
 
-def _report(rounds: list[list[Result]]) -> None:
+async def _run_node(
+    args: argparse.Namespace,
+    on_satchel: Callable[[str, Callable[[], Awaitable[object]]], Awaitable[Result]],
+    on_echo: Callable[[int], Awaitable[Result]],
+    satchel: Server,
+    certs: pathlib.Path,
+    admin_channel: grpc.aio.Channel,
+    get: secret_pb2.GetSecretRequest,
+    expected: secret_pb2.GetSecretResponse,
+) -> list[list[Result]]:
+    """A workload on node NODE bound to the secret, and a channel with NODE's
+    certificate; per round GetSecret as the node, as the admin, then the echo."""
+    workload = workload_pb2.Workload(
+        metadata=meta_pb2.ObjectMeta(namespace=NAMESPACE, name="bench-workload"), node_name=NODE, secrets=[get.name]
+    )
+    await workload_pb2_grpc.WorkloadServiceStub(admin_channel).CreateWorkload(
+        workload_pb2.CreateWorkloadRequest(workload=workload)
+    )
+    key_pem, (chain,) = _harness.node_identities(certs, [NODE])
+    admin = secret_pb2_grpc.SecretServiceStub(admin_channel)
+    async with grpc.aio.secure_channel(satchel.address, _harness.node_credentials(certs, key_pem, chain)) as channel:
+        node = secret_pb2_grpc.SecretServiceStub(channel)
+        if await node.GetSecret(get) != expected:  # the node sees the secret with its data, as the admin does
+            raise SystemExit(f"node {NODE} does not read secret {get.name} as the admin does")
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            runs = [
+                await on_satchel("GetSecret node", lambda: node.GetSecret(get)),
+                await on_satchel("GetSecret admin", lambda: admin.GetSecret(get)),
+                await on_echo(expected.ByteSize()),
+            ]
+            rounds.append(runs)
+            node_run, admin_run, echo_run = runs
+            print(
+                f"round {number}: node {node_run.qps:.0f} / admin {admin_run.qps:.0f} = "
+                f"{node_run.qps / admin_run.qps:.2f}   admin {admin_run.qps:.0f} / echo {echo_run.qps:.0f} = "
+                f"{admin_run.qps / echo_run.qps:.2f}",
+                flush=True,
+            )
+        return rounds
+
+
+def _report(rounds: list[list[Result]], mode: str) -> None:
     """Per call: the median QPS of the rounds, p50 and p99 over every call of
     every round, the median CPU; then the median of the rounds' ratios."""
     print()
@@ -129,17 +181,24 @@ def _report(rounds: list[list[Result]]) -> None:
             f"{statistics.median(r.server_cpu for r in runs):>12.0%}"
         )
     print()
-    for first, (rpc, target) in zip((0, 2), TARGETS.items(), strict=True):
-        ratios = [run[first].qps / run[first + 1].qps for run in rounds]
+    for label, a, b, target in COMPARISONS[mode]:
+        ratios = [run[a].qps / run[b].qps for run in rounds]
         ratio = statistics.median(ratios)
         verdict = "ok" if ratio >= target else "BELOW TARGET"
         spread = f"rounds {min(ratios):.2f}-{max(ratios):.2f}"
-        print(f"{rpc}/echo QPS ratio {ratio:.2f}, median of {len(ratios)} ({spread}; target >= {target}) {verdict}")
+        print(f"{label} QPS ratio {ratio:.2f}, median of {len(ratios)} ({spread}; target >= {target}) {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _harness.argument_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=9, help="rounds of the four runs")
+    parser.add_argument(
+        "--as",
+        dest="mode",
+        choices=tuple(COMPARISONS),
+        default="admin",
+        help="admin: GetSecret and CreateSecret against the echo; node: GetSecret as a node, as the admin, the echo",
+    )
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of the four (--as node: three) runs")
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each run")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
@@ -163,12 +222,17 @@ def main(argv: list[str] | None = None) -> int:
             f"satcheld --dev at {satcheld.address}, echo at {echo.address}; "
             f"secret data {sum(map(len, DATA.values()))} B in {len(DATA)} keys"
         )
+        if args.mode == "node":
+            print(
+                f"--as node: GetSecret as node {NODE} (its one workload binds the secret; its own channel and "
+                "certificate), then as the admin, then the echo, in each round"
+            )
         print()
         try:
             rounds = asyncio.run(_run(args, satcheld, echo, servers.certs))
         except grpc.aio.AioRpcError as error:
             raise SystemExit(f"bench call failed: {error.code().name}: {error.details()}") from None
-        _report(rounds)
+        _report(rounds, args.mode)
         servers.warn_exited()
     return 0
 

@@ -6,9 +6,12 @@ The scheduler halves the shared core between two saturated processes, so the
 QPS ratio of the two is the inverse ratio of their CPU per call, and a slow
 spell of the machine slows both alike. Use it to tell whether a change made
 satcheld cheaper or dearer per call: `--baseline` names the other build's
-satcheld (e.g. a venv made from an older checkout). Not a test.
+satcheld (e.g. a venv made from an older checkout). `--watch-as node` makes
+each fan-out stream a node of its own (the path a node's view takes through
+the hub) instead of the admin. Not a test.
 
     .venv/bin/python bench/versus.py --baseline /path/to/old/.venv/bin/satcheld [--rounds 9]
+                                     [--watch-as node]
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import _harness
 import grpc
 from _harness import DATA, Result, Server
 
-from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc
+from satchel.v1 import meta_pb2, secret_pb2, secret_pb2_grpc, workload_pb2, workload_pb2_grpc
 
 NAMESPACE = "default"
 
@@ -77,12 +80,16 @@ async def _arm(
 
 class _FanOut:
     """`watchers` WatchSecrets streams on one server, each on its own channel, and
-    the writes that they all receive: the server CPU each delivery costs."""
+    the writes that they all receive: the server CPU each delivery costs. As
+    nodes (`as_node`), each stream is node fanout-i, whose one workload binds
+    the secret written."""
 
-    def __init__(self, server: Server, certs: pathlib.Path, watchers: int) -> None:
+    def __init__(self, server: Server, certs: pathlib.Path, watchers: int, as_node: bool = False) -> None:
         self.server = server
+        self._certs = certs
         self._credentials = _harness.credentials(certs)
         self._watchers = watchers
+        self._as_node = as_node
         self._channels: list[grpc.aio.Channel] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.received = 0
@@ -90,9 +97,23 @@ class _FanOut:
         self._target = 0
 
     async def open(self) -> None:
+        credentials = [self._credentials] * self._watchers
+        if self._as_node:
+            nodes = [f"fanout-{i:05d}" for i in range(self._watchers)]
+            async with grpc.aio.secure_channel(self.server.address, self._credentials) as admin:
+                stub = workload_pb2_grpc.WorkloadServiceStub(admin)
+                for i, node in enumerate(nodes):
+                    workload = workload_pb2.Workload(
+                        metadata=meta_pb2.ObjectMeta(namespace="fanout", name=f"w-{i:05d}"),
+                        node_name=node,
+                        secrets=["rotated"],
+                    )
+                    await stub.CreateWorkload(workload_pb2.CreateWorkloadRequest(workload=workload))
+            key_pem, chains = _harness.node_identities(self._certs, nodes)
+            credentials = [_harness.node_credentials(self._certs, key_pem, chain) for chain in chains]
         synced = []
-        for _ in range(self._watchers):
-            channel = grpc.aio.secure_channel(self.server.address, self._credentials)
+        for stream_credentials in credentials:
+            channel = grpc.aio.secure_channel(self.server.address, stream_credentials)
             self._channels.append(channel)
             call = secret_pb2_grpc.SecretServiceStub(channel).WatchSecrets(
                 secret_pb2.WatchSecretsRequest(namespace="fanout", send_initial=True)
@@ -101,7 +122,11 @@ class _FanOut:
             synced.append(ready)
             self._tasks.append(asyncio.create_task(self._read(call, ready)))
         await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in synced)), 60)
-        self._writer = secret_pb2_grpc.SecretServiceStub(self._channels[0])
+        if self._as_node:  # the writer is the admin, on a channel of its own
+            self._channels.append(grpc.aio.secure_channel(self.server.address, self._credentials))
+            self._writer = secret_pb2_grpc.SecretServiceStub(self._channels[-1])
+        else:
+            self._writer = secret_pb2_grpc.SecretServiceStub(self._channels[0])
         await self._writer.CreateSecret(secret_pb2.CreateSecretRequest(secret=_fanout_secret(0)))
 
     async def _read(self, call: grpc.aio.UnaryStreamCall, ready: asyncio.Event) -> None:
@@ -146,7 +171,7 @@ def _fanout_secret(version: int) -> secret_pb2.Secret:
 async def _run_fanout(
     args: argparse.Namespace, baseline: Server, this: Server, workdir: pathlib.Path
 ) -> list[tuple[float, float]]:
-    arms = [_FanOut(s, workdir / s.name / "certs", args.watchers) for s in (baseline, this)]
+    arms = [_FanOut(s, workdir / s.name / "certs", args.watchers, args.watch_as == "node") for s in (baseline, this)]
     rounds = []
     try:
         for arm in arms:
@@ -155,7 +180,8 @@ async def _run_fanout(
         for number in range(1, args.rounds + 1):
             old, new = await asyncio.gather(*(arm.measure(writes, args.interval) for arm in arms))
             rounds.append((old, new))
-            line = f"WatchSecrets x{args.watchers} {old:.0f} vs {new:.0f} µs per delivery (x{old / new:.2f})"
+            line = f"WatchSecrets as {args.watch_as} x{args.watchers} {old:.0f} vs {new:.0f} µs per delivery"
+            line += f" (x{old / new:.2f})"
             print(f"round {number}: {line}", flush=True)
     finally:
         for arm in arms:
@@ -195,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watchers", type=int, default=100, help="WatchSecrets streams per server (0: no fan-out)")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between fan-out writes")
     parser.add_argument("--fanout-duration", type=float, default=5.0, help="seconds of fan-out writes per round")
+    parser.add_argument(
+        "--watch-as", choices=("admin", "node"), default="admin", help="the fan-out streams' identity (default admin)"
+    )
+    parser.add_argument("--no-unary", dest="unary", action="store_false", help="only the fan-out")
     _harness.add_server_arguments(parser)
     args = parser.parse_args(argv)
     for executable in (args.baseline, args.satcheld):
@@ -209,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline {args.baseline} at {baseline.address}; this {args.satcheld} at {this.address}")
         print("per round: baseline QPS vs this build's QPS (x this/baseline; above 1: this one is cheaper per call)\n")
         try:
-            results = asyncio.run(_run(args, baseline, this, workdir))
+            results = asyncio.run(_run(args, baseline, this, workdir)) if args.unary else {}
         except grpc.aio.AioRpcError as error:
             raise SystemExit(f"bench call failed: {error.code().name}: {error.details()}") from None
         print()
@@ -231,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             fanout = asyncio.run(_run_fanout(args, baseline, this, workdir))
             ratios = [old / new for old, new in fanout]
             print(
-                f"\nWatchSecrets fan-out to {args.watchers} streams: baseline/this server CPU per delivery "
+                f"\nWatchSecrets fan-out to {args.watchers} {args.watch_as} streams: "
+                "baseline/this server CPU per delivery "
                 f"{statistics.median(ratios):.3f}, median of {len(ratios)} "
                 f"(rounds {min(ratios):.3f}-{max(ratios):.3f}; "
                 f"above 1: this build is cheaper); {statistics.median(o for o, _ in fanout):.0f} µs baseline, "

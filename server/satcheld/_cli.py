@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shlex
@@ -22,7 +23,7 @@ from satchel import pki
 from satchel.durations import parse_duration
 
 from ._config import ConfigError, ServerConfig
-from ._server import Server
+from ._server import Server, tune_gc
 from .auth import Policy
 from .store import KeyFileError, KeyRing, add_key
 
@@ -226,6 +227,10 @@ async def _serve(config: ServerConfig, dev: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     server = Server(config)
     address = await server.start()
+    # What starting made (modules, the node graph loaded from the store) lives
+    # as long as the process: once its garbage is gone, no collection walks it again.
+    gc.collect()
+    gc.freeze()
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     print(f"listening on {address}", flush=True)
     if dev:
@@ -238,6 +243,7 @@ async def _serve(config: ServerConfig, dev: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_gc()
     try:
         if args.command == "add-encryption-key":
             _add_encryption_key(args)

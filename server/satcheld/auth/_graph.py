@@ -156,6 +156,7 @@ class NodeGraph:
     def __init__(self) -> None:
         self.workloads: dict[Name, Binding] = {}
         self.accounts: Accounts = {}
+        self._accounts_shared = False  # `accounts` was handed out by accounts_snapshot()
         self.nodes: dict[str, NodeBindings] = {}
         self._users: dict[Name, set[Name]] = {}  # per account, the workloads (any node) using it
         self.referrers: dict[Key, set[str]] = {}  # per bound object, the nodes binding it
@@ -178,6 +179,13 @@ class NodeGraph:
         binding = self.workloads.get((namespace, workload))
         return binding is not None and binding.node == node
 
+    def accounts_snapshot(self) -> Mapping[Name, frozenset[str]]:
+        """Every account's secrets as they are now, unchanged from then on: the
+        graph writes its next account change to a copy (copy on write), so that
+        a burst of streams opening at once does not copy every account each."""
+        self._accounts_shared = True
+        return self.accounts
+
     def bindings_of(self, node: str) -> NodeBindings:
         """A copy of one node's part, for a stream that replays from it."""
         nb = self.nodes.get(node)
@@ -191,6 +199,9 @@ class NodeGraph:
             if change.kind == WORKLOADS:
                 self._apply_workload(change, touched)
             elif change.kind == SERVICE_ACCOUNTS:
+                if self._accounts_shared:
+                    self.accounts = dict(self.accounts)
+                    self._accounts_shared = False
                 update_accounts(self.accounts, change)
                 for name in list(self._users.get(_name(change.obj), ())):
                     node = self.workloads[name].node

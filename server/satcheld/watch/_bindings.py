@@ -110,11 +110,12 @@ def compacted(after: int, compact: int) -> OutOfRange:
 
 class NodeStart:
     """One node's bindings and every account's secrets as the graph held them
-    when a stream subscribed (at the hub's revision), for its initial part."""
+    when a stream subscribed (at the hub's revision), for its initial part.
+    The accounts are the graph's snapshot, shared: copied before any change."""
 
     def __init__(self, graph: NodeGraph, node: str, revision: int) -> None:
         self.bindings = graph.bindings_of(node)
-        self.accounts = dict(graph.accounts)
+        self.accounts = graph.accounts_snapshot()
         self.revision = revision
 
 
@@ -123,7 +124,9 @@ async def initial(store: Store, view: View, start: NodeStart) -> AsyncIterator[t
     read at whatever revision R the store is at by then; that is the view at R
     if no commit in between changed what the node binds, else it reads again
     from a later start."""
-    nb, accounts, at = start.bindings, start.accounts, start.revision
+    nb, at = start.bindings, start.revision
+    # A copy of start.accounts, made once the bindings must move on.
+    accounts: dict[tuple[str, str], frozenset[str]] | None = None
     while True:
         keys = [k for k in nb.refs if k[0] == view.kind]
         revision, objects = await store.read(view.kind, keys, with_data=True)
@@ -131,6 +134,8 @@ async def initial(store: Store, view: View, start: NodeStart) -> AsyncIterator[t
             break
         compact, binding = await store.history(BINDING_KINDS, at, revision, _all, False)
         moved = compact > at
+        if accounts is None:
+            accounts = dict(start.accounts)
         for group in by_revision(binding):
             before: Before = {}
             for change in group:
@@ -154,7 +159,7 @@ async def replay(store: Store, view: View, start: NodeStart, since: int) -> Asyn
     if since < compact:
         raise compacted(since, compact)
     # The node's bindings as they stood at `since`: the binding changes undone.
-    accounts = start.accounts
+    accounts = dict(start.accounts)
     workloads = dict(start.bindings.workloads)
     for change in reversed(binding):
         undo_accounts(accounts, change)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from ..auth import NodeBindings, NodeGraph, Principal, Scope
+from ..auth import Before, NodeBindings, NodeGraph, Principal, Scope
 from ..errors import PermissionDenied, SatchelError, Unavailable
-from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS
+from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, Requirement
 from ..store import Change, Store
 from . import _bindings
 from ._bindings import Digest, NodeStart, by_revision, compacted, encode_event, view_changes
@@ -89,7 +89,10 @@ class WatchHub:
 
     def _publish_nodes(self, changes: list[Change], before: dict[str, dict]) -> None:
         """The commit's events for the node views it reaches: nodes whose bindings
-        it changed and nodes that bind an account or secret it changed."""
+        it changed and nodes that bind an account or secret it changed. A node
+        whose bindings the commit left as they were sees what every such node
+        sees that binds the same changed objects through a view asking for the
+        same: those events are worked out once, not once per node."""
         reached = set(before)
         referrers = self._graph.referrers
         for change in changes:
@@ -97,21 +100,45 @@ class WatchHub:
                 meta = change.obj.metadata
                 reached.update(referrers.get((change.kind, meta.namespace, meta.name), ()))
         digest = Digest(changes)
+        revision = digest.revision
+        changed = list(digest.last)
         encoded: dict[tuple[int, int, str], bytes] = {}  # (event type, id of the object, kind)
+        # (kind, namespace, selector's requirements, which changed objects are bound) -> payloads,
+        # for the nodes not in `before`
+        unmoved: dict[tuple[str, str, tuple[Requirement, ...], tuple[bool, ...]], list[bytes]] = {}
         for node in reached:
             groups = self._nodes.get(node)
             if not groups:
                 continue
             bindings = self._graph.nodes.get(node) or NodeBindings(node)
-            node_before = before.get(node, {})
+            node_before = before.get(node)
+            if node_before is None:
+                refs = bindings.refs
+                bound = tuple([key in refs for key in changed])
             for view, subs in groups.items():
-                for event_type, obj in view_changes(view, bindings, node_before, digest):
-                    key = (event_type, id(obj), view.kind)
-                    payload = encoded.get(key)
-                    if payload is None:
-                        payload = encoded[key] = encode_event(view, event_type, digest.revision, obj)
+                if node_before is None:
+                    shared = (view.kind, view.namespace, view.selector.requirements, bound)
+                    payloads = unmoved.get(shared)
+                    if payloads is None:
+                        payloads = unmoved[shared] = self._node_payloads(view, bindings, {}, digest, encoded)
+                else:
+                    payloads = self._node_payloads(view, bindings, node_before, digest, encoded)
+                for payload in payloads:
                     for sub in subs:
-                        sub.push(digest.revision, payload)
+                        sub.push(revision, payload)
+
+    @staticmethod
+    def _node_payloads(
+        view: View, bindings: NodeBindings, before: Before, digest: Digest, encoded: dict[tuple[int, int, str], bytes]
+    ) -> list[bytes]:
+        payloads = []
+        for event_type, obj in view_changes(view, bindings, before, digest):
+            key = (event_type, id(obj), view.kind)
+            payload = encoded.get(key)
+            if payload is None:
+                payload = encoded[key] = encode_event(view, event_type, digest.revision, obj)
+            payloads.append(payload)
+        return payloads
 
     def _registry(self, view: View) -> Groups:
         if view.follows_bindings:
@@ -213,6 +240,8 @@ class WatchHub:
                 sub.floor = max(sub.floor, revision)
                 sub.last_revision = revision
                 yield payload
+            # The live tail needs neither: an idle stream must not keep its node's bindings as they started.
+            del initial, start
             while True:
                 revision, payload, bookmark = await sub.next()
                 if revision <= sub.floor and not bookmark:
