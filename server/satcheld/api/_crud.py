@@ -6,15 +6,15 @@ model's field rules, then the store or the watch hub.
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar, cast
 
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from satchel.v1 import secret_pb2, service_account_pb2, workload_pb2
 
 from .. import model
-from ..auth import Authorizer, Scope
+from ..auth import Authorizer, Principal, Scope
 from ..errors import (
     AlreadyExists,
     Conflict,
@@ -30,6 +30,8 @@ from . import _guard
 from ._get_cache import GetCache
 from ._paging import MAX_PAGE_BYTES, PageTokens, page_size
 from ._token_secrets import TokenSecrets
+
+T = TypeVar("T")
 
 
 class Crud:
@@ -55,39 +57,24 @@ class Crud:
 
     def authorize(self, verb: str, kind: str, namespace: str, name: str = "") -> None:
         """Checks permission before anything else, and notes it for the audit record."""
-        req = _guard.current()
-        req.resource = f"{kind}/{namespace}/{name}" if name else f"{kind}/{namespace or '*'}"
-        req.verb = verb
-        try:
-            self.authorizer.check(_guard.principal(), verb, kind, namespace, name)
-        except Exception:
-            req.decision = "deny"
-            raise
-        req.decision = "allow"
+        resource = f"{kind}/{namespace}/{name}" if name else f"{kind}/{namespace or '*'}"
+        _decided(verb, resource, lambda p: self.authorizer.check(p, verb, kind, namespace, name))
 
     def authorize_admin(self, action: str) -> None:
         """For the AdminService: admins only, noted for the audit record."""
-        req = _guard.current()
-        req.resource, req.verb = "admin", action
-        principal = _guard.principal()
-        if not self.authorizer.is_admin(principal):
-            req.decision = "deny"
-            raise PermissionDenied(f"{principal} may not {action}: admins only")
-        req.decision = "allow"
+
+        def check(principal: Principal) -> None:
+            if not self.authorizer.is_admin(principal):
+                raise PermissionDenied(f"{principal} may not {action}: admins only")
+
+        _decided(action, "admin", check)
 
     def authorize_scope(self, verb: str, kind: str, namespace: str) -> Scope:
         """For List and Watch: checks permission first, notes it for the audit
         record, and returns what the caller sees."""
-        req = _guard.current()
-        req.resource = f"{kind}/{namespace or '*'}"
-        req.verb = verb
-        try:
-            scope = self.authorizer.check_scope(_guard.principal(), verb, kind, namespace)
-        except Exception:
-            req.decision = "deny"
-            raise
-        req.decision = "allow"
-        return scope
+        return _decided(
+            verb, f"{kind}/{namespace or '*'}", lambda p: self.authorizer.check_scope(p, verb, kind, namespace)
+        )
 
     def _shows_data(self, kind: str, namespace: str, name: str) -> bool:
         return self.authorizer.shows_data(_guard.principal(), kind, namespace, name)
@@ -327,3 +314,16 @@ class Crud:
                 self.token_secrets.forget_secret(txn, current)
 
         await self.store.write(write)
+
+
+def _decided(verb: str, resource: str, check: Callable[[Principal], T]) -> T:
+    """`check(principal)`, its outcome noted in the request's audit record."""
+    req = _guard.current()
+    req.resource, req.verb = resource, verb
+    try:
+        result = check(_guard.principal())
+    except Exception:
+        req.decision = "deny"
+        raise
+    req.decision = "allow"
+    return result

@@ -1,5 +1,5 @@
 """The gRPC servicers: each RPC is a line or two that hands its request to
-`Crud` (or, for what is not built yet, answers UNIMPLEMENTED)."""
+`Crud` or to the room that does its work."""
 
 from __future__ import annotations
 
@@ -39,10 +39,6 @@ def unknown_method(method: str) -> grpc.RpcMethodHandler:
         )
 
     return grpc.stream_unary_rpc_method_handler(answer)
-
-
-def _later(what: str) -> Unimplemented:
-    return Unimplemented(f"{what} is not implemented yet")
 
 
 class ServiceAccountService(service_account_pb2_grpc.ServiceAccountServiceServicer):
