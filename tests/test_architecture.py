@@ -11,8 +11,12 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import satchel
+import satchel._agent
 import satcheld
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +45,16 @@ def test_the_server_may_not_import_any_private_client_module() -> None:
     assert set(contract["forbidden_modules"]) == private, "pyproject.toml's list of private client modules is stale"
 
 
-def test_every_server_room_is_a_layer_and_says_what_it_is_for() -> None:
-    (layers,) = [c["layers"] for c in _contracts() if c["type"] == "layers"]
-    named = {name.strip() for layer in layers for name in layer.split("|")}
-    rooms = {f"satcheld.{m.name}" for m in pkgutil.iter_modules(satcheld.__path__)}
-    assert rooms == named, "every module and subpackage of satcheld belongs to exactly one layer"
+def _layered(package: str) -> set[str]:
+    """The modules named by the layers contract of `package`'s rooms."""
+    (layers,) = [c["layers"] for c in _contracts() if c["type"] == "layers" and c["layers"][0].startswith(package)]
+    return {name.strip() for layer in layers for name in layer.split("|")}
+
+
+@pytest.mark.parametrize(("package", "prefix"), [(satcheld, "satcheld"), (satchel._agent, "satchel._agent")])
+def test_every_room_is_a_layer_and_says_what_it_is_for(package: Any, prefix: str) -> None:
+    rooms = {f"{prefix}.{m.name}" for m in pkgutil.iter_modules(package.__path__)}
+    assert rooms == _layered(prefix + "."), f"every module and subpackage of {prefix} belongs to exactly one layer"
     for room in rooms:
         doc = importlib.import_module(room).__doc__
         assert doc and len(doc.strip()) > 40, f"{room} has no docstring saying what it is for"

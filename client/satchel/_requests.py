@@ -66,6 +66,7 @@ class WatchOptionsArgs(TypedDict, total=False):
     """The options of a watch: no timeout, as a gRPC deadline would end it (see `WatchStream`)."""
 
     metadata: Metadata | None  # sent on every connection
+    max_backoff: float | None  # the longest wait between reconnections, seconds (default 10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ class WatchCall(Generic[E]):
     request: Any  # a WatchXRequest
     on_relist: Callable[[], object] | None
     metadata: Metadata | None = None
+    max_backoff: float | None = None
 
     @classmethod
     def of(

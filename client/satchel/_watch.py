@@ -35,8 +35,11 @@ class _Resume:
     Shared by the blocking and the asyncio stream; it does no I/O.
     """
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Any, max_backoff: float | None = None) -> None:
         self._request = request
+        self._max_backoff = BACKOFF_CAP if max_backoff is None else max_backoff
+        if not self._max_backoff > 0:
+            raise ValueError(f"max_backoff must be positive, not {max_backoff!r}")
         self._connected = False
         self.revision = int(request.since_revision)
         # True from connecting with send_initial until its SYNCED: resuming mid-listing is not
@@ -83,7 +86,7 @@ class _Resume:
             self._listing = True
         if self._listing:
             self._listing_started = True
-        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**self._attempt))
+        delay = random.uniform(0, min(self._max_backoff, BACKOFF_BASE * 2**min(self._attempt, 60)))
         self._attempt += 1
         return delay
 
@@ -94,7 +97,8 @@ class WatchStream(Generic[E]):
     It remembers the revision of the last event, BOOKMARK and SYNCED included. When the stream
     breaks with UNAVAILABLE or RESOURCE_EXHAUSTED, or the server ends it, it reconnects with
     `since_revision` set to that revision, after a backoff with full jitter (0.1 s doubling up to
-    10 s, reset by every event): no event is lost or repeated.
+    10 s, or the watch's `max_backoff=`; reset by every event): no event is lost or repeated.
+    `connected` is True while the current call has delivered an event and not broken.
 
     When the server no longer keeps that history (OUT_OF_RANGE, reason REVISION_COMPACTED), or
     the stream broke before any revision was learned, it relists: it reconnects with
@@ -118,8 +122,9 @@ class WatchStream(Generic[E]):
         self._transport = transport
         self._watch = watch
         self._options = options or transport.options()
-        self._resume = _Resume(watch.request)
+        self._resume = _Resume(watch.request, watch.max_backoff)
         self._call: Any = None
+        self._connected = False
         self._closed = threading.Event()
         self._lock = threading.Lock()
 
@@ -127,6 +132,11 @@ class WatchStream(Generic[E]):
     def revision(self) -> int:
         """The revision of the last event received (or the `since_revision` asked for)."""
         return self._resume.revision
+
+    @property
+    def connected(self) -> bool:
+        """True from the first event of the current call until it breaks."""
+        return self._connected
 
     def __iter__(self) -> WatchStream[E]:
         return self
@@ -154,9 +164,11 @@ class WatchStream(Generic[E]):
                     self.close()
                     raise error from e
             else:
+                self._connected = True
                 if self._resume.received(event) and self._watch.on_relist is not None:
                     self._watch.on_relist()
                 return typing.cast(E, event)
+            self._connected = False
             self._call = None
             self._closed.wait(delay)
         raise StopIteration
@@ -165,6 +177,7 @@ class WatchStream(Generic[E]):
         """Cancel the call and end the iteration."""
         with self._lock:
             self._closed.set()
+            self._connected = False
             if self._call is not None:
                 self._call.cancel()
 
@@ -182,8 +195,9 @@ class AsyncWatchStream(Generic[E]):
         self._transport = transport
         self._watch = watch
         self._options = options or transport.options()
-        self._resume = _Resume(watch.request)
+        self._resume = _Resume(watch.request, watch.max_backoff)
         self._call: Any = None
+        self._connected = False
         self._closed = False
         self._wake = asyncio.Event()
 
@@ -191,6 +205,11 @@ class AsyncWatchStream(Generic[E]):
     def revision(self) -> int:
         """The revision of the last event received (or the `since_revision` asked for)."""
         return self._resume.revision
+
+    @property
+    def connected(self) -> bool:
+        """True from the first event of the current call until it breaks."""
+        return self._connected
 
     def __aiter__(self) -> AsyncWatchStream[E]:
         return self
@@ -220,12 +239,14 @@ class AsyncWatchStream(Generic[E]):
                     raise error from e
             else:
                 if event is not grpc.aio.EOF:
+                    self._connected = True
                     if self._resume.received(event) and self._watch.on_relist is not None:
                         result = self._watch.on_relist()
                         if inspect.isawaitable(result):
                             await result
                     return typing.cast(E, event)
                 delay = self._resume.broken(None)
+            self._connected = False
             self._call = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -234,6 +255,7 @@ class AsyncWatchStream(Generic[E]):
     async def aclose(self) -> None:
         """Cancel the call and end the iteration."""
         self._closed = True
+        self._connected = False
         self._wake.set()
         if self._call is not None:
             self._call.cancel()
