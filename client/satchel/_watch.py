@@ -86,7 +86,7 @@ class _Resume:
             self._listing = True
         if self._listing:
             self._listing_started = True
-        delay = random.uniform(0, min(self._max_backoff, BACKOFF_BASE * 2**min(self._attempt, 60)))
+        delay = random.uniform(0, min(self._max_backoff, BACKOFF_BASE * 2 ** min(self._attempt, 60)))
         self._attempt += 1
         return delay
 
