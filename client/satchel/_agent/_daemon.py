@@ -70,6 +70,7 @@ class Feed:
 
     def relist(self) -> None:
         """A listing starts (the client relists after REVISION_COMPACTED): collect it apart."""
+        log.info("relisting %s (the server no longer has the history after revision %d)", self.name, self.revision)
         self.listing = {}
 
     def apply(self, event: Any) -> bool:
@@ -114,6 +115,7 @@ class Agent:
         self._failure = ""  # --once: why it cannot complete
         self._warned: set[str] = set()
         self._retries = 0
+        self._announced = False  # "in sync" logged since the start or the last relisting
 
     # --- running -------------------------------------------------------------------------
 
@@ -237,16 +239,22 @@ class Agent:
     async def _heartbeat(self) -> None:
         """Connection state in the metrics file, and a pass now and then for drift."""
         last_pass = time.monotonic()
+        was_connected = False
         while True:
             await asyncio.sleep(1.0)
-            connected = len(self._streams) == len(self.feeds) and all(s.connected for s in self._streams.values())
+            connected = self._connected()
+            if connected != was_connected:
+                was_connected = connected
+                log.info("connected" if connected else "disconnected; the files on disk stay as they are")
             if connected != self.status.connected:
                 self.status.connected = connected
-                log.info("connected" if connected else "disconnected; the files on disk stay as they are")
                 await self._write_metrics()
             if time.monotonic() - last_pass >= RESYNC_INTERVAL:
                 last_pass = time.monotonic()
                 self._changed()
+
+    def _connected(self) -> bool:
+        return len(self._streams) == len(self.feeds) and all(s.connected for s in self._streams.values())
 
     # --- passes --------------------------------------------------------------------------
 
@@ -254,7 +262,10 @@ class Agent:
         while not self._stop.is_set():
             await self._dirty.wait()
             self._dirty.clear()
-            if self._stop.is_set() or not all(feed.ready for feed in self.feeds.values()):
+            if self._stop.is_set():
+                continue
+            if not all(feed.ready for feed in self.feeds.values()):
+                self._announced = False
                 continue
             await self._pass()
 
@@ -271,7 +282,6 @@ class Agent:
         outcome = await asyncio.to_thread(self.reconciler.reconcile, tree)
         landed = time.monotonic()
         latency = f"{(landed - since) * 1000:.1f}" if since is not None else "-"
-        self._report(tree, outcome, revision, latency, rejected)
         state = _state.State(
             self.config.node,
             {name: feed.revision for name, feed in self.feeds.items()},
@@ -284,21 +294,32 @@ class Agent:
             await asyncio.to_thread(_state.save, self.config.root, state)
         except OSError as e:
             outcome.errors.append(f"cannot save state.json: {e.strerror or e}")
-        self.status.revision = max(self.status.revision, revision)
+        # The metrics first, then the log lines: whoever sees a line finds the metrics current.
+        s = self.status
+        s.revision = max(s.revision, revision)
+        s.versions = {(lf.namespace, lf.workload, lf.secret): lf.version for lf in tree.leaves.values()}
+        s.certificates = {key: c.expire_time for key, c in self.credentials.issued.items()}
+        s.connected = self._connected()
+        s.writes += len(outcome.written)
+        s.removals += len(outcome.removed) + len(outcome.strays)
+        s.errors += len(outcome.errors)
         if not outcome.errors:
-            self.status.last_sync_time = time.time()
+            s.last_sync_time = time.time()
+        await self._write_metrics()
+        self._report(tree, outcome, revision, latency, rejected)
+        if not outcome.errors:
             self._retries = 0
+            if not self._announced and not tree.pending:
+                self._announced = True
+                log.info("in sync at revision %d: %d leaves", revision, len(tree.leaves))
         else:
             for error in outcome.errors:
                 log.error("%s", error)
-            self.status.errors += len(outcome.errors)
+            self._announced = False
             delay = min(RECONNECT_CAP, RETRY_BASE * 2**self._retries)
             self._retries += 1
             asyncio.get_running_loop().call_later(delay, self._changed)
-        self.status.versions = {(lf.namespace, lf.workload, lf.secret): lf.version for lf in tree.leaves.values()}
-        self.status.certificates = {key: c.expire_time for key, c in self.credentials.issued.items()}
-        await self._write_metrics()
-        if self.config.once and not outcome.errors and not rejected.reasons and not self.credentials.pending():
+        if self.config.once and not outcome.errors and not rejected.reasons and not tree.pending:
             self._complete.set()
 
     def _report(self, tree: Tree, outcome: Outcome, revision: int, latency: str, rejected: Rejected) -> None:
@@ -325,8 +346,6 @@ class Agent:
             if reason not in self._warned:
                 self._warned.add(reason)
                 log.warning("not written: %s", reason)
-        self.status.writes += len(outcome.written)
-        self.status.removals += len(outcome.removed) + len(outcome.strays)
 
     async def _write_metrics(self) -> None:
         if self.config.metrics_file is None:

@@ -80,7 +80,7 @@ class Hooks:
 
     async def _run(self, event: HookEvent) -> None:
         assert self._command is not None
-        what = f"{event.namespace}/{event.workload} {event.secret} ({event.event})"
+        what = f"{event.namespace}/{event.workload} {event.secret} version={event.version} ({event.event})"
         self.runs += 1
         process = await asyncio.create_subprocess_shell(
             self._command,

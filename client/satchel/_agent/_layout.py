@@ -85,6 +85,9 @@ class Tree:
 
     workloads: frozenset[Key]
     leaves: Mapping[Path, Leaf]
+    # Leaves that belong but cannot be made yet (a certificate on its way): what the disk holds
+    # there stays as it is, neither rewritten nor removed.
+    pending: frozenset[Path] = frozenset()
 
 
 @dataclass
@@ -129,6 +132,7 @@ def desired(
     rejected = rejected if rejected is not None else Rejected()
     dirs: set[Key] = set()
     leaves: dict[Path, Leaf] = {}
+    pending: set[Path] = set()
     for (ns, name), workload in workloads.items():
         if workload.node_name != node:
             continue
@@ -142,11 +146,13 @@ def desired(
         if account is not None:
             mounted += [ref.name for ref in account.secrets if token is None or ref.name != token.metadata.name]
         credential = credentials.get((ns, account_of(workload)))
-        if account is not None and token is not None and credential is not None:
+        path: Path = (ns, name, SERVICE_ACCOUNT_DIR)
+        if account is not None and token is not None and credential is None:
+            pending.add(path)
+        elif account is not None and token is not None and credential is not None:
             payload = {key: token.data[key] for key in TOKEN_KEYS if key in token.data}
             payload[TLS_CERT] = credential.certificate_pem
             payload[TLS_KEY] = credential.key_pem
-            path: Path = (ns, name, SERVICE_ACCOUNT_DIR)
             revision = max(token.metadata.resource_version, account.metadata.resource_version)
             leaves[path] = Leaf(path, payload, ns, name, token.metadata.name, token.version, revision)
         for secret_name in dict.fromkeys(mounted):
@@ -164,4 +170,4 @@ def desired(
             leaves[path] = Leaf(
                 path, dict(secret.data), ns, name, secret_name, secret.version, secret.metadata.resource_version
             )
-    return Tree(frozenset(dirs), leaves)
+    return Tree(frozenset(dirs), leaves, frozenset(pending))

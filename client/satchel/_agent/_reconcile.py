@@ -47,7 +47,7 @@ class Reconciler:
             if ns in namespaces:
                 self._remove((ns, name), out.removed, out)
         for path in sorted(disk.leaves):
-            if (path[0], path[1]) in tree.workloads and path not in tree.leaves:
+            if (path[0], path[1]) in tree.workloads and path not in tree.leaves and path not in tree.pending:
                 self._remove(path, out.removed, out)
         for ns, name in sorted(tree.workloads):
             self._try(out, (ns, name, SECRETS_DIR), self.root.ensure_dir)
