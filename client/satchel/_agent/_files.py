@@ -100,11 +100,12 @@ class Root:
     def _dir(self, path: Path, *, create: bool = False) -> Iterator[int]:
         """A descriptor of the directory `path`, reached without following any symlink;
         with `create`, missing directories are made and anything else in the way removed."""
+        for name in path:
+            _check_name(name)  # all of them before anything is made
         fds: list[int] = []
         fd = self._fd
         try:
             for name in path:
-                _check_name(name)
                 try:
                     fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
