@@ -171,10 +171,13 @@ def test_the_runtime_signature_spells_out_the_options_of_the_typed_dict() -> Non
             ("metadata", "Metadata | None"),
         ]
         watch = inspect.signature(client.watch_secrets).parameters
-        assert [(p.name, p.annotation) for p in watch.values()][-1:] == [("metadata", "Metadata | None")]
+        assert [(p.name, p.annotation) for p in watch.values()][-2:] == [
+            ("metadata", "Metadata | None"),
+            ("max_backoff", "float | None"),
+        ]
         assert "options" not in get and "options" not in watch
     assert list(_requests.CallOptionsArgs.__annotations__) == ["timeout", "metadata"]
-    assert list(_requests.WatchOptionsArgs.__annotations__) == ["metadata"]
+    assert list(_requests.WatchOptionsArgs.__annotations__) == ["metadata", "max_backoff"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -411,3 +411,48 @@ async def test_the_watch_resumes_after_the_server_cuts_it_off_for_falling_behind
         await stream.aclose()
         await client.close()
         await server.stop()
+
+
+def test_max_backoff_caps_the_wait_between_reconnections() -> None:
+    from satchel._errors import UnavailableError
+    from satchel._watch import _Resume
+    from satchel.v1.secret_pb2 import WatchSecretsRequest
+
+    def delays(**kw) -> list[float]:
+        resume = _Resume(WatchSecretsRequest(since_revision=5), **kw)
+        resume.request()
+        return [resume.broken(UnavailableError("down")) or 0.0 for _ in range(40)]
+
+    assert max(delays(max_backoff=0.2)) <= 0.2
+    assert max(delays()) > 0.2, "by default the waits grow to 10 s"
+    with pytest.raises(ValueError, match="max_backoff must be positive"):
+        _Resume(WatchSecretsRequest(), max_backoff=0)
+
+
+async def test_connected_says_whether_the_current_call_is_delivering(pki, tmp_path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    server = await serve(pki, tmp_path / "data", listen)
+    client = client_for(pki, listen)
+    stream = client.watch_secrets(send_initial=True, max_backoff=0.2)
+    try:
+        assert not stream.connected
+        await client.create_secret("before", data={"k": b"1"})  # a revision to resume from
+        assert (await anext(stream)).type == EventType.EVENT_TYPE_ADDED
+        assert (await anext(stream)).type == EventType.EVENT_TYPE_SYNCED
+        assert stream.connected
+        reading = asyncio.create_task(anext(stream))
+        await server.stop()
+        async with asyncio.timeout(WAIT):
+            while stream.connected:
+                await asyncio.sleep(0.01)
+        server = await serve(pki, tmp_path / "data", listen)
+        async with client_for(pki, listen) as side:  # a channel of its own, not in backoff
+            made = await side.create_secret("after", data={"k": b"1"})
+        async with asyncio.timeout(WAIT):
+            event = await reading
+        assert event.revision == made.metadata.resource_version and stream.connected
+    finally:
+        await stream.aclose()
+        assert not stream.connected
+        await client.close()
+        await server.stop()
