@@ -211,7 +211,7 @@ async def test_what_leaves_the_view_leaves_the_disk(dev, admin, tmp_path) -> Non
 
         mark = a.mark()
         await admin.delete_workload("web")
-        await a.wait_for(r"removed default ", after=mark)  # the last workload of the namespace
+        await a.wait_for(r"removed default/web ", after=mark)  # the last workload of the namespace
         assert sorted(p.name for p in root.iterdir()) == [".satchel-agent"]
 
 

@@ -42,7 +42,10 @@ class Reconciler:
             self._remove(path, out.strays, out)
         namespaces = {ns for ns, _ in tree.workloads}
         for ns in sorted(disk.namespaces - namespaces):
-            self._remove((ns,), out.removed, out)
+            gone: list[Path] = []
+            self._remove((ns,), gone, out)
+            if gone:  # told as the workloads it held
+                out.removed += sorted(w for w in disk.workloads if w[0] == ns) or gone
         for ns, name in sorted(disk.workloads - tree.workloads):
             if ns in namespaces:
                 self._remove((ns, name), out.removed, out)
