@@ -462,6 +462,19 @@ async def test_the_certificate_is_renewed_before_it_expires_and_the_token_follow
         assert review.authenticated and review.username == "system:serviceaccount:default:web"
 
 
+async def test_a_changed_account_gets_a_new_certificate_at_once(dev, admin, tmp_path) -> None:
+    await web(admin)
+    sa = tmp_path / "root" / "default" / "web" / "serviceaccount"
+    async with agent(dev, dev.node_identity(NODE), tmp_path / "root") as a:
+        await a.wait_for(r"in sync at revision")
+        first = x509.load_pem_x509_certificate((sa / "tls.crt").read_bytes())
+        mark = a.mark()
+        await admin.update_service_account("web", description="changed")
+        await a.wait_for(r"certificate for default/web issued", after=mark)
+        await a.wait_for(r"wrote default/web serviceaccount=web-token version=1 ", after=mark)
+        assert x509.load_pem_x509_certificate((sa / "tls.crt").read_bytes()).serial_number != first.serial_number
+
+
 async def test_once_writes_everything_and_exits_0(dev, admin, tmp_path) -> None:
     await web(admin)
     root = tmp_path / "root"
