@@ -116,6 +116,7 @@ class Agent:
         self._warned: set[str] = set()
         self._retries = 0
         self._announced = False  # "in sync" logged since the start or the last relisting
+        self._saved: tuple[dict[str, int], dict[Key, tuple[float, int]]] | None = None  # in state.json
 
     # --- running -------------------------------------------------------------------------
 
@@ -278,22 +279,20 @@ class Agent:
         self.credentials.want(wanted)
         rejected = Rejected()
         tree = desired(self.config.node, workloads, accounts, secrets, dict(self.credentials.issued), rejected)
-        revision = max(feed.revision for feed in self.feeds.values())
+        revisions = {name: feed.revision for name, feed in self.feeds.items()}  # as of the tree
+        revision = max(revisions.values())
         outcome = await asyncio.to_thread(self.reconciler.reconcile, tree)
         landed = time.monotonic()
         latency = f"{(landed - since) * 1000:.1f}" if since is not None else "-"
-        state = _state.State(
-            self.config.node,
-            {name: feed.revision for name, feed in self.feeds.items()},
-            workloads,
-            accounts,
-            secrets,
-            {key: (c.renew_time, c.account_version) for key, c in self.credentials.issued.items()},
-        )
-        try:
-            await asyncio.to_thread(_state.save, self.config.root, state)
-        except OSError as e:
-            outcome.errors.append(f"cannot save state.json: {e.strerror or e}")
+        renewals = {key: (c.renew_time, c.account_version) for key, c in self.credentials.issued.items()}
+        saving = (revisions, renewals)
+        if saving != self._saved and not outcome.errors:  # what is saved is on disk
+            state = _state.State(self.config.node, revisions, workloads, accounts, secrets, renewals)
+            try:
+                await asyncio.to_thread(_state.save, self.config.root, state)
+                self._saved = saving
+            except OSError as e:
+                outcome.errors.append(f"cannot save state.json: {e.strerror or e}")
         # The metrics first, then the log lines: whoever sees a line finds the metrics current.
         s = self.status
         s.revision = max(s.revision, revision)
