@@ -186,10 +186,10 @@ class Agent:
         state, why = _state.load(self.config.root, self.config.node)
         if state is not None:
             why = _state.restore(state, self.root)
+            self.credentials.adopt(state.credentials)  # each checked against its account and key
         if state is None or why:
             log.info("starting with a listing: %s", why)
             return
-        self.credentials.adopt(state.credentials)
         if self.config.once:
             log.info("listing (--once); %d certificate(s) reused from disk", len(state.credentials))
             return

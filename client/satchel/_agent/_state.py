@@ -121,7 +121,7 @@ def load(root: FsPath, node: str) -> tuple[State | None, str]:
 
 def restore(state: State, root: Root) -> str:
     """Fill the state's secret values and credentials from the leaves on disk; "" when every
-    secret was found whole, else why not."""
+    secret was found whole, else why not (the credentials found are filled in either way)."""
     carriers: dict[Key, list[Path]] = {}
     for (ns, name), workload in state.workloads.items():
         if workload.node_name != state.node:
@@ -134,6 +134,7 @@ def restore(state: State, root: Root) -> str:
                 carriers.setdefault((ns, secret_name), []).append((ns, name, SERVICE_ACCOUNT_DIR))
             else:
                 carriers.setdefault((ns, secret_name), []).append((ns, name, SECRETS_DIR, secret_name))
+    missing = ""
     for key, secret in state.secrets.items():
         sizes = {k.name: k.size for k in secret.data_keys}
         is_token = secret.metadata.name == _token_name(state, key)
@@ -150,8 +151,8 @@ def restore(state: State, root: Root) -> str:
                     _restore_credential(state, key, payload)
                 break
         else:
-            return f"the files of secret {key[0]}/{key[1]} are not whole on disk"
-    return ""
+            missing = missing or f"the files of secret {key[0]}/{key[1]} are not whole on disk"
+    return missing
 
 
 def _token_name(state: State, key: Key) -> str | None:
