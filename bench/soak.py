@@ -17,6 +17,8 @@ channels turn off grpc's BDP probing, which would otherwise let each take
 megabytes in flight before the server's buffer sees any of it. The writer
 updates the secrets in turn, each write due 1/rate s after the last whatever
 the earlier ones are doing; a write's latency runs from when it was due.
+The default warm-up, 90 s, covers the first minute, in which the stalled
+streams' buffers fill and are freed as each is cut off.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--streams 1000] [--rate 200]
 """
@@ -438,6 +440,8 @@ def report(
     others = [f"{s[0]} {s[1]}".strip() for s in stalls if s not in cut]
     for error in sorted(set(others))[:5]:
         print(f"  {others.count(error)} x {error}")
+    curve = " ".join(f"{r / 1024:.0f}" for _, r in rss)
+    print(f"server RSS every {RSS_EVERY:g} s (MiB): {curve}")
     p99s = ", ".join(f"{percentile(sorted(m.writes), 0.99) * 1000:.0f}" for m in minutes)
     print(f"write p99 per minute (ms): {p99s}")
 
@@ -448,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1000, help="node streams, a tenth never read (default 1000)")
     parser.add_argument("--rate", type=float, default=200.0, help="writes per second (default 200)")
     parser.add_argument("--secrets", type=int, default=100, help="secrets the writes go to in turn (default 100)")
-    parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the RSS slope counts (default 60)")
+    parser.add_argument(
+        "--warmup", type=float, default=90.0, help="seconds of writes before the RSS slope counts (default 90)"
+    )
     _harness.add_server_arguments(parser)
     parser.add_argument("--watchers", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
