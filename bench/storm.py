@@ -120,6 +120,7 @@ class Round:
     server_cpu: float  # seconds, burst start to the last SYNCED
     client_cpu: float
     window: float  # seconds, burst start to the last SYNCED (or the timeout)
+    issued: float  # seconds, burst start to the last call made
 
 
 async def storm(server: Server, certs: pathlib.Path, key_pem: bytes, chains: list[bytes], timeout: float) -> Round:
@@ -135,6 +136,7 @@ async def storm(server: Server, certs: pathlib.Path, key_pem: bytes, chains: lis
     streams = [Stream(i, own_channel(server.address, c)) for i, c in enumerate(credentials)]
     for s in streams:
         s.call = secret_pb2_grpc.SecretServiceStub(s.channel).WatchSecrets(request)
+    issued = time.perf_counter() - t0
     readers = [asyncio.create_task(_read(s, t0)) for s in streams]
 
     async def sample() -> None:
@@ -175,6 +177,7 @@ async def storm(server: Server, certs: pathlib.Path, key_pem: bytes, chains: lis
         server_cpu=cpu1[1] - cpu0[1],
         client_cpu=cpu1[0] - cpu0[0],
         window=window,
+        issued=issued,
     )
 
 
@@ -183,7 +186,7 @@ def print_round(number: int, r: Round) -> None:
         print(
             f"{'round':<6}{'nodes':>6}{'synced':>7}{'refused':>8}{'wrong':>6}{'ended':>6}"
             f"{'p50 s':>7}{'p99 s':>7}{'max s':>7}{'RSS before':>11}{'peak':>7}{'synced':>7}"
-            f"{'KiB/stream':>11}{'server CPU':>11}{'client CPU':>11}"
+            f"{'KiB/stream':>11}{'server CPU':>11}{'client CPU':>11}{'calls made s':>13}"
         )
     mib = 1024
     per_stream = (r.rss_synced_kib - r.rss_before_kib) / r.nodes
@@ -192,7 +195,7 @@ def print_round(number: int, r: Round) -> None:
         f"{percentile(r.synced, 0.5):>7.2f}{percentile(r.synced, 0.99):>7.2f}"
         f"{(r.synced[-1] if r.synced else float('nan')):>7.2f}"
         f"{r.rss_before_kib / mib:>11.0f}{r.rss_peak_kib / mib:>7.0f}{r.rss_synced_kib / mib:>7.0f}"
-        f"{per_stream:>11.1f}{r.server_cpu / r.window:>11.0%}{r.client_cpu / r.window:>11.0%}",
+        f"{per_stream:>11.1f}{r.server_cpu / r.window:>11.0%}{r.client_cpu / r.window:>11.0%}{r.issued:>13.2f}",
         flush=True,
     )
     for error in sorted(set(r.errors))[:5]:
