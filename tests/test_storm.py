@@ -180,6 +180,9 @@ async def test_two_thousand_nodes_watching_at_once_after_a_restart_are_all_serve
                 s.call.cancel()
             await asyncio.gather(*(s.channel.close() for s in streams), return_exceptions=True)
 
+    # No secret value in the audit log or in what either process logged. The
+    # check reads the database, key ring and audit log of a config, which for
+    # the --dev layout make_config names alike (the rest of it is not used).
     logs = LogRecorder()
     logs.lines = [p.read_text(errors="replace") for p in tmp_path.glob("satcheld-*.stderr")]
     assert_no_leak(make_config(pki, data), logs)
