@@ -40,7 +40,6 @@ NAMESPACE = "storm"
 TOKEN_SECRET = "default-token"  # the `default` account's, which every workload here uses
 SYNCED = meta_pb2.EVENT_TYPE_SYNCED
 ADDED = meta_pb2.EVENT_TYPE_ADDED
-RSS_INTERVAL = 0.05  # seconds between samples of the server's RSS during a storm
 
 
 def node_name(i: int) -> str:
@@ -116,7 +115,6 @@ class Round:
     rss_before_kib: int
     rss_peak_kib: int  # VmHWM
     rss_synced_kib: int
-    rss_sampled_kib: int  # the highest of the samples, beside VmHWM
     server_cpu: float  # seconds, burst start to the last SYNCED
     client_cpu: float
     window: float  # seconds, burst start to the last SYNCED (or the timeout)
@@ -130,7 +128,6 @@ async def storm(server: Server, certs: pathlib.Path, key_pem: bytes, chains: lis
     request = secret_pb2.WatchSecretsRequest(namespace=NAMESPACE, send_initial=True)
     credentials = [_harness.node_credentials(certs, key_pem, chain) for chain in chains]
     rss_before = rss_kib(pid)
-    samples: list[int] = []
     cpu0 = client_seconds(), process_seconds(pid)
     t0 = time.perf_counter()
     streams = [Stream(i, own_channel(server.address, c)) for i, c in enumerate(credentials)]
@@ -138,31 +135,22 @@ async def storm(server: Server, certs: pathlib.Path, key_pem: bytes, chains: lis
         s.call = secret_pb2_grpc.SecretServiceStub(s.channel).WatchSecrets(request)
     issued = time.perf_counter() - t0
     readers = [asyncio.create_task(_read(s, t0)) for s in streams]
-
-    async def sample() -> None:
-        while True:
-            samples.append(rss_kib(pid))
-            await asyncio.sleep(RSS_INTERVAL)
-
-    sampler = asyncio.create_task(sample())
     try:
         await asyncio.wait(readers, timeout=timeout)
         window = time.perf_counter() - t0
         cpu1 = client_seconds(), process_seconds(pid)
         rss_synced, rss_peak = rss_kib(pid), rss_kib(pid, "VmHWM")
-        sampler.cancel()
         for s, reader in zip(streams, readers, strict=True):
             if not reader.done():
                 s.error = f"no SYNCED within {timeout:.0f} s"
         # Each synced stream must still be open: nothing cancelled it once it was served.
         ended = sum(1 for s in streams if s.synced_at and s.call is not None and s.call.done())
     finally:
-        sampler.cancel()
         for s, reader in zip(streams, readers, strict=True):
             reader.cancel()
             if s.call is not None:
                 s.call.cancel()
-        await asyncio.gather(*readers, sampler, return_exceptions=True)
+        await asyncio.gather(*readers, return_exceptions=True)
         await asyncio.gather(*(s.channel.close() for s in streams), return_exceptions=True)
     return Round(
         nodes=len(streams),
@@ -173,7 +161,6 @@ async def storm(server: Server, certs: pathlib.Path, key_pem: bytes, chains: lis
         rss_before_kib=rss_before,
         rss_peak_kib=rss_peak,
         rss_synced_kib=rss_synced,
-        rss_sampled_kib=max(samples, default=0),
         server_cpu=cpu1[1] - cpu0[1],
         client_cpu=cpu1[0] - cpu0[0],
         window=window,
