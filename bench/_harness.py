@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import NoReturn
 
@@ -350,6 +350,24 @@ async def measure(
     )
 
 
+def own_channel(address: str, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+    """A channel with a connection of its own, as a separate agent would have."""
+    # grpc shares one connection among channels with equal arguments through
+    # its global subchannel pool; a local pool gives each channel its own.
+    return grpc.aio.secure_channel(address, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+async def call_all(calls: Iterable[Callable[[], Awaitable[object]]], concurrency: int = 64) -> None:
+    """Makes the calls, `concurrency` at a time (the store commits them in groups)."""
+    pending = iter(calls)
+
+    async def worker() -> None:
+        for call in pending:
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
 def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
@@ -365,6 +383,31 @@ def process_seconds(pid: int, thread: int | None = None) -> float:
     stat = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     fields = pathlib.Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory now (VmRSS) or at its peak so far (VmHWM), in KiB."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def raise_nofile(needed: int) -> str:
+    """Lifts RLIMIT_NOFILE towards the hard limit (children inherit it, so the
+    servers can hold the connections too)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    if soft < needed:
+        raise SystemExit(f"RLIMIT_NOFILE is {soft} (hard {hard}); {needed} descriptors are needed")
+    return f"RLIMIT_NOFILE {soft}"
+
+
+def load() -> str:
+    return "load average " + " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
 
 
 # --- main() ---

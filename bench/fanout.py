@@ -37,18 +37,28 @@ import os
 import pathlib
 import pickle
 import platform
-import resource
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
 # This script's directory is on sys.path.
 import _harness
 import grpc
-from _harness import DATA, Server, client_seconds, percentile, process_seconds
+from _harness import (
+    DATA,
+    Server,
+    call_all,
+    client_seconds,
+    load,
+    own_channel,
+    percentile,
+    process_seconds,
+    raise_nofile,
+    rss_kib,
+)
 from google.protobuf import field_mask_pb2
 
 from satchel.v1 import (
@@ -81,7 +91,6 @@ NODE_NAMESPACE = "bench-nodes"  # the node arm's secret and its nodes' workloads
 GRAPH_NAMESPACE = "bench-graph"  # the graph loaded for the memory figure
 NODE_TARGET = 1.2  # node p99 and CPU per delivery / admin's ...
 ADMIN_TARGET = 1.2  # ... and admin's / echo's (the Watch target), at an unsaturated rate
-CREATE_CONCURRENCY = 64  # creates in flight while loading the graph
 # Defaults per mode: (admin, node).
 DEFAULTS = {
     "streams": ("100,1000", "1000"),
@@ -151,13 +160,6 @@ async def _serve_echo(certs: pathlib.Path) -> None:
 # --- process facts ---
 
 
-def _rss_kib(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 def _sockets(pid: int) -> int:
     """Open sockets of a process: one per client connection, plus a few."""
     count = 0
@@ -167,19 +169,6 @@ def _sockets(pid: int) -> int:
         except OSError:
             pass
     return count
-
-
-def _raise_nofile(needed: int) -> str:
-    """Lifts RLIMIT_NOFILE towards the hard limit (children inherit it, so the
-    servers can hold the connections too)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        soft = want
-    if soft < needed:
-        raise SystemExit(f"RLIMIT_NOFILE is {soft} (hard {hard}); {needed} descriptors are needed")
-    return f"RLIMIT_NOFILE {soft}"
 
 
 # --- a watcher process: N channels, one stream each, the same code for both servers ---
@@ -210,12 +199,6 @@ class Streams:
                 w.call.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(w.channel.close() for w in self.watchers), return_exceptions=True)
-
-
-def _own_channel(address: str, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
-    # grpc shares one connection among channels with equal arguments through
-    # its global subchannel pool; a local pool gives each channel its own.
-    return grpc.aio.secure_channel(address, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 async def _consume(w: Watcher, established: asyncio.Event, counter: list[int]) -> None:
@@ -252,7 +235,7 @@ async def _open(address: str, method: str, namespace: str, credentials: list[grp
     t0 = time.perf_counter()
     streams = Streams([], [])
     for stream_credentials in credentials:
-        w = Watcher(_own_channel(address, stream_credentials))
+        w = Watcher(own_channel(address, stream_credentials))
         w.call = w.channel.unary_stream(
             method,
             request_serializer=secret_pb2.WatchSecretsRequest.SerializeToString,
@@ -718,11 +701,11 @@ async def _memory(
     await warm.drain(set(), 0)
     await warm.finish()
     await asyncio.sleep(SETTLE)
-    rss0, sockets0 = _rss_kib(pid), _sockets(pid)
+    rss0, sockets0 = rss_kib(pid), _sockets(pid)
     clients = await Clients.start(target, n, args.client_procs, certs, workdir)
     try:
         await asyncio.sleep(SETTLE)
-        rss, sockets = _rss_kib(pid), _sockets(pid)
+        rss, sockets = rss_kib(pid), _sockets(pid)
         await clients.drain(set(), 0)
         await clients.finish()
     finally:
@@ -741,17 +724,6 @@ def _mint_nodes(certs: pathlib.Path, names: list[str], path: pathlib.Path) -> pa
     """A certificate per node, all in one file that the watcher processes read."""
     path.write_bytes(pickle.dumps(_harness.node_identities(certs, names)))
     return path
-
-
-async def _all(calls: Iterable[Callable[[], Awaitable[object]]], concurrency: int = CREATE_CONCURRENCY) -> None:
-    """Makes the calls, `concurrency` at a time (the store commits them in groups)."""
-    pending = iter(calls)
-
-    async def worker() -> None:
-        for call in pending:
-            await call()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 def _workload(namespace: str, name: str, node: str, secrets: list[str], account: str = "") -> workload_pb2.Workload:
@@ -773,7 +745,7 @@ async def _bind_nodes(channel: grpc.aio.Channel, nodes: list[str]) -> None:
         return lambda: stub.CreateWorkload(workload_pb2.CreateWorkloadRequest(workload=workload))
 
     await create(0)()  # alone: it creates the `default` account the others then use
-    await _all(create(i) for i in range(1, len(nodes)))
+    await call_all(create(i) for i in range(1, len(nodes)))
 
 
 async def _load_graph(channel: grpc.aio.Channel, nodes: list[str], per_node: int) -> tuple[int, int, int]:
@@ -807,9 +779,9 @@ async def _load_graph(channel: grpc.aio.Channel, nodes: list[str], per_node: int
         w = _workload(GRAPH_NAMESPACE, f"w-{k:06d}", nodes[k // per_node], bound, account_names[k % count])
         return lambda: workloads.CreateWorkload(workload_pb2.CreateWorkloadRequest(workload=w))
 
-    await _all(secret(name) for name in secret_names)
-    await _all(account(j) for j in range(count))
-    await _all(workload(k) for k in range(count * per_node))
+    await call_all(secret(name) for name in secret_names)
+    await call_all(account(j) for j in range(count))
+    await call_all(workload(k) for k in range(count * per_node))
     return count, count, count * per_node
 
 
@@ -851,8 +823,8 @@ async def _run_nodes(
     credentials = _harness.credentials(certs)
     nodes = _node_names("node", max(args.streams))
     async with (
-        _own_channel(satchel.address, credentials) as satchel_channel,
-        _own_channel(echo.address, credentials) as echo_channel,
+        own_channel(satchel.address, credentials) as satchel_channel,
+        own_channel(echo.address, credentials) as echo_channel,
     ):
         admin_writer = SatchelWriter(satchel_channel, NAMESPACE)
         template = await admin_writer.prepare()
@@ -924,8 +896,8 @@ async def _run(
     echo_target = Target("echo", echo, SUBSCRIBE_METHOD)
     where = {"args": args, "certs": certs, "workdir": workdir}
     async with (
-        _own_channel(satchel.address, credentials) as satchel_channel,
-        _own_channel(echo.address, credentials) as echo_channel,
+        own_channel(satchel.address, credentials) as satchel_channel,
+        own_channel(echo.address, credentials) as echo_channel,
     ):
         satchel_writer = SatchelWriter(satchel_channel)
         template = await satchel_writer.prepare()
@@ -1091,10 +1063,6 @@ def _clients(k: int, who: str) -> str:
     )
 
 
-def _load() -> str:
-    return "load average " + " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _harness.argument_parser(__doc__)
     parser.add_argument(
@@ -1160,7 +1128,7 @@ def main(argv: list[str] | None = None) -> int:
     _harness.require_satcheld(args.satcheld)
 
     # A socket per stream here and in the server, plus grpc's own (--as node: three arms open at once).
-    nofile = _raise_nofile(max(3 * max(args.streams) if as_node else 0, *args.streams, args.rss_streams) + 256)
+    nofile = raise_nofile(max(3 * max(args.streams) if as_node else 0, *args.streams, args.rss_streams) + 256)
     # --as node keeps each arm's streams open while the others run: bookmarks to
     # those idle streams would be charged to the arm that runs, so there are none.
     serve_args = ["--bookmark-interval", "1h"] if as_node else []
@@ -1171,7 +1139,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"satchel fan-out bench: grpcio {grpc.__version__}, "
                 f"Python {platform.python_version()}, "
-                f"{os.cpu_count()} CPUs ({servers.placement}); {nofile}; {_load()}"
+                f"{os.cpu_count()} CPUs ({servers.placement}); {nofile}; {load()}"
             )
             if as_node:
                 print(_clients(args.client_procs, "node arm: node-i's certificate; admin and echo arms: the admin's"))
@@ -1191,7 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
                 print()
                 print_node_verdicts(rounds, memory)
                 servers.warn_exited()
-                print(f"total {time.perf_counter() - started:.0f} s; {_load()}")
+                print(f"total {time.perf_counter() - started:.0f} s; {load()}")
                 return 0
             print(_clients(args.client_procs, "admin certificate"))
             print(
@@ -1213,7 +1181,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print_verdicts(results, memory)
             servers.warn_exited()
-            print(f"total {time.perf_counter() - started:.0f} s; {_load()}")
+            print(f"total {time.perf_counter() - started:.0f} s; {load()}")
         finally:
             for pid in WORKER_PIDS:  # only if the run was cut short
                 try:
