@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
 
 # This script's directory is on sys.path.
@@ -64,7 +65,7 @@ ONCE_NAMESPACE = "bench-once"
 P99_TARGET_MS = 50.0
 RSS_TARGET_MIB = 60.0
 CPU_TARGET = 0.01  # of a core
-STARTUP_TIMEOUT = 60.0  # for every agent's first files
+STARTUP_TIMEOUT = 300.0  # for every agent's first files (20 agents start slowly on a loaded core)
 DRAIN_TIMEOUT = 10.0  # after the last rotation, for every agent to catch up
 FALLBACK_POLL = 0.1  # seconds: every file is read again this often, whatever inotify says
 CREATE_CONCURRENCY = 32
@@ -284,10 +285,23 @@ def agent_argv(
     ]
 
 
+# The CPUs the agents run on (main() sets them when it pins): not the bench's, so that the bench's
+# file-watching thread is not queued behind 20 busy agents and its timestamps are not late.
+AGENT_CPUS: set[int] | None = None
+
+
+def spawn(argv: list[str], output: typing.IO[bytes]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+    if AGENT_CPUS:
+        # The child has only just exec'd: its threads, started later, inherit this.
+        os.sched_setaffinity(process.pid, AGENT_CPUS)
+    return process
+
+
 def start_agent(argv: list[str], node: str, root: pathlib.Path, workdir: pathlib.Path) -> AgentProcess:
     log = workdir / f"agent-{node}.log"
     with log.open("wb") as output:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+        process = spawn(argv, output)
     return AgentProcess(node, root, log, process)
 
 
@@ -495,14 +509,15 @@ def verify_once(root: pathlib.Path, expected: dict[tuple[str, str], bytes], toke
 def run_once(argv: list[str], root: pathlib.Path, log: pathlib.Path) -> tuple[float, int]:
     with log.open("wb") as output:
         start = time.monotonic()
-        code = subprocess.run([*argv, "--once"], stdin=subprocess.DEVNULL, stdout=output, stderr=output).returncode
+        code = spawn([*argv, "--once"], output).wait()
         return time.monotonic() - start, code
 
 
 # --- main() ---
 
 
-async def bench(a: argparse.Namespace, server: _harness.Server, workdir: pathlib.Path) -> int:
+async def bench(a: argparse.Namespace, server: _harness.Server, workdir: pathlib.Path, roots: pathlib.Path) -> int:
+    """The three parts in turn; the agents' logs in `workdir`, their roots in `roots`."""
     certs = workdir / "certs"
     failed = 0
     async with AsyncClient(
@@ -512,9 +527,9 @@ async def bench(a: argparse.Namespace, server: _harness.Server, workdir: pathlib
         profile = a.profile / "agent-0" if a.profile else None
         specs = [
             (
-                agent_argv(certs, server.address, node, workdir / "roots" / node, profile if i == 0 else None),
+                agent_argv(certs, server.address, node, roots / "roots" / node, profile if i == 0 else None),
                 node,
-                workdir / "roots" / node,
+                roots / "roots" / node,
             )
             for i, node in enumerate(nodes)
         ]
@@ -584,7 +599,7 @@ async def bench(a: argparse.Namespace, server: _harness.Server, workdir: pathlib
         token = (await client.get_secret("once-app-token", namespace=ONCE_NAMESPACE)).data["token"]
         times = []
         for run in range(a.once_runs):
-            root = workdir / "once" / f"run-{run}"
+            root = roots / "once" / f"run-{run}"
             profile = a.profile / f"once-{run}" if a.profile and run == 0 else None
             argv = agent_argv(certs, server.address, ONCE_NODE, root, profile)
             seconds, code = await asyncio.to_thread(run_once, argv, root, workdir / f"once-{run}.log")
@@ -604,6 +619,7 @@ async def bench(a: argparse.Namespace, server: _harness.Server, workdir: pathlib
 
 
 def main(argv: list[str] | None = None) -> int:
+    global AGENT_CPUS
     parser = _harness.argument_parser(__doc__)
     parser.add_argument("--agents", type=int, default=20, help="agent processes, one node each (20)")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds of rotations (30)")
@@ -612,6 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once-workloads", type=int, default=100, help="workloads on the --once node (100)")
     parser.add_argument("--once-secrets", type=int, default=3, help="secrets per --once workload (3)")
     parser.add_argument("--once-runs", type=int, default=3, help="runs of --once, each into a fresh root (3)")
+    parser.add_argument(
+        "--files-in",
+        metavar="DIR",
+        help="put the agents' roots in a directory made in DIR (default: the temporary directory; "
+        "/dev/shm, a tmpfs, shows what fsync costs)",
+    )
     parser.add_argument(
         "--profile",
         metavar="DIR",
@@ -627,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     _harness.require_satcheld(args.satcheld)
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-agent-"))
+    files = pathlib.Path(tempfile.mkdtemp(prefix="satchel-bench-agent-roots-", dir=args.files_in))
     serve = ["serve", "--dev", "--data-dir", str(workdir), "--listen", "127.0.0.1:0"]
     try:
         # The agents are this process's children: they run where it runs (the last CPU), apart from satcheld.
@@ -634,10 +657,15 @@ def main(argv: list[str] | None = None) -> int:
             _harness.placed_client(args.pin) as (server_cpus, placement),
             _harness.started([("satcheld", [args.satcheld, *serve])], workdir, server_cpus) as (server,),
         ):
-            placement = placement.replace("client", "bench and agents").replace("servers", "satcheld")
+            if server_cpus:
+                # placed_client put this process on the last CPU: the agents go there, this bench
+                # (the rotations and the file watcher) beside satcheld, which needs little here.
+                AGENT_CPUS = os.sched_getaffinity(0)
+                os.sched_setaffinity(0, server_cpus)
+                placement = f"satcheld and this bench on CPU {sorted(server_cpus)}, agents on CPU {sorted(AGENT_CPUS)}"
             print(
                 f"satchel agent bench: {machine()}; {load()}; grpcio {grpc.__version__}, "
-                f"Python {platform.python_version()}; {placement}; files in {workdir} ({_fs(workdir)})"
+                f"Python {platform.python_version()}; {placement}; agents' roots in {files} ({_fs(files)})"
             )
             print(
                 f"settings: --agents {args.agents} --seconds {args.seconds:g} --interval {args.interval:g} "
@@ -646,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(the ..data swap), timed with time.monotonic() after the read, every file re-read each "
                 f"{FALLBACK_POLL * 1000:.0f} ms as a fallback"
             )
-            code = asyncio.run(bench(args, server, workdir))
+            code = asyncio.run(bench(args, server, workdir, files))
             if args.profile:
                 print(f"profiles (agent 0, the first --once) in {args.profile}: {sorted(args.profile.rglob('*.prof'))}")
             if server.process.poll() is not None:
@@ -655,9 +683,10 @@ def main(argv: list[str] | None = None) -> int:
             return code
     finally:
         if args.keep:
-            print(f"kept {workdir}")
+            print(f"kept {workdir} and {files}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(files, ignore_errors=True)
 
 
 def _fs(path: pathlib.Path) -> str:
