@@ -506,7 +506,8 @@ def verify_once(root: pathlib.Path, expected: dict[tuple[str, str], bytes], toke
     return problems
 
 
-def run_once(argv: list[str], root: pathlib.Path, log: pathlib.Path) -> tuple[float, int]:
+def run_once(argv: list[str], log: pathlib.Path) -> tuple[float, int]:
+    """`argv --once`: seconds from starting the process to its exit, and its exit status."""
     with log.open("wb") as output:
         start = time.monotonic()
         code = spawn([*argv, "--once"], output).wait()
@@ -602,7 +603,7 @@ async def bench(a: argparse.Namespace, server: _harness.Server, workdir: pathlib
             root = roots / "once" / f"run-{run}"
             profile = a.profile / f"once-{run}" if a.profile and run == 0 else None
             argv = agent_argv(certs, server.address, ONCE_NODE, root, profile)
-            seconds, code = await asyncio.to_thread(run_once, argv, root, workdir / f"once-{run}.log")
+            seconds, code = await asyncio.to_thread(run_once, argv, workdir / f"once-{run}.log")
             problems = verify_once(root, expected, token) if code == 0 else []
             times.append(seconds)
             verdict = "files ok" if code == 0 and not problems else f"exit {code}, {len(problems)} problem(s)"
