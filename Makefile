@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test gen lint bench clean
+.PHONY: run test gen lint bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(STAMP) $(BUF)
 
 bench: $(STAMP)
 	$(PY) bench/unary.py
+
+# A dev server and a node agent for node-1 in a temporary directory; a secret rotated under it.
+demo: $(STAMP)
+	$(PY) scripts/demo.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache
