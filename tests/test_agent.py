@@ -25,6 +25,7 @@ from agentkit import (
     read_leaf,
     snapshot,
     start_agent,
+    until,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -420,9 +421,10 @@ async def test_the_metrics_file_says_what_is_on_disk(dev, admin, tmp_path) -> No
         await a.wait_for(r"in sync at revision")
         updated = await admin.update_secret("db", data={"user": "app", "password": "pw-2"})
         await a.wait_for(r"wrote default/web secret=db version=2 ")
+        db = "satchel_agent_secret_version{namespace=default,secret=db,workload=web}"
+        await until(lambda: metric_values(metrics.read_text())[db] == 2, "the metrics file follows")
         values = metric_values(metrics.read_text())
         assert values["satchel_agent_last_applied_revision"] >= updated.metadata.resource_version
-        assert values["satchel_agent_secret_version{namespace=default,secret=db,workload=web}"] == 2
         assert values["satchel_agent_secret_version{namespace=default,secret=web-token,workload=web}"] == 1
         assert values["satchel_agent_connected"] == 1
         assert time.time() - values["satchel_agent_last_sync_timestamp_seconds"] < 60
@@ -432,6 +434,7 @@ async def test_the_metrics_file_says_what_is_on_disk(dev, admin, tmp_path) -> No
         assert values["satchel_agent_hook_runs_total"] == 0
         assert sorted(p.name for p in metrics.parent.iterdir()) == ["agent.prom"], "written by rename, no leftovers"
         assert "pw-2" not in metrics.read_text()
+    assert metric_values(metrics.read_text())["satchel_agent_connected"] == 0, "a stopped agent says so"
 
 
 async def test_the_certificate_is_renewed_before_it_expires_and_the_token_follows_rotations(

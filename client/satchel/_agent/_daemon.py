@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from satchel._agent import _metrics, _state
 from satchel._agent._credentials import Credentials
@@ -34,10 +35,12 @@ from satchel._watch import AsyncWatchStream
 from satchel.v1.meta_pb2 import EventType
 
 log = logging.getLogger("satchel-agent")
+T = TypeVar("T")
 
 RECONNECT_CAP = 30.0  # seconds: the longest wait between reconnections
 RESYNC_INTERVAL = 60.0  # seconds between passes that look for drift when nothing changes
 RETRY_BASE = 0.5  # seconds before a pass that failed to write is tried again (doubling, capped)
+WRITE_INTERVAL = 1.0  # seconds: state.json and the metrics file are written at most this often
 _WATCHES = {"workloads": "watch_workloads", "serviceaccounts": "watch_service_accounts", "secrets": "watch_secrets"}
 
 
@@ -52,6 +55,54 @@ class AgentConfig:
     cert_ttl: float | None = None  # seconds; None: the server's default
     once: bool = False
     sync_timeout: float = 30.0  # how long --once may take
+
+
+class Throttled(Generic[T]):
+    """Writes the latest of a series of values in a thread, at most once per `interval`: a value
+    that comes after a quiet spell is written before `put` returns; one that comes sooner waits
+    for the end of the interval, replacing any value still waiting (only the newest is worth
+    writing). The state file and the metrics file need no more, whatever the rate of changes."""
+
+    def __init__(self, write: Callable[[T], None], interval: float, what: str) -> None:
+        self._write = write
+        self._interval = interval
+        self._what = what
+        self._waiting: T | None = None
+        self._last = -interval
+        self._trailing: asyncio.Task[None] | None = None
+        self._busy = asyncio.Lock()
+
+    async def put(self, value: T) -> None:
+        self._waiting = value
+        if self._trailing is None and time.monotonic() - self._last >= self._interval:
+            await self._flush()
+        elif self._trailing is None:
+            self._trailing = asyncio.create_task(self._later(), name=f"write {self._what}")
+
+    async def _later(self) -> None:
+        try:
+            await asyncio.sleep(self._last + self._interval - time.monotonic())
+        finally:
+            self._trailing = None
+        await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._busy:  # one write at a time, so an older value never lands last
+            value, self._waiting = self._waiting, None
+            if value is None:
+                return
+            self._last = time.monotonic()
+            try:
+                await asyncio.to_thread(self._write, value)
+            except OSError as e:
+                log.error("cannot write %s: %s", self._what, e.strerror or e)
+
+    async def close(self) -> None:
+        """Write what is still waiting, now."""
+        if self._trailing is not None:
+            self._trailing.cancel()
+            self._trailing = None
+        await self._flush()
 
 
 class Feed:
@@ -102,6 +153,14 @@ class Agent:
         self.hooks = Hooks(config.on_change, config.hook_timeout)
         self.credentials = Credentials(client, config.cert_ttl, self._changed)
         self.status = Status()
+        root = config.root
+        self._state_file = Throttled[_state.State](lambda state: _state.save(root, state), WRITE_INTERVAL, "state.json")
+        metrics_file = config.metrics_file
+        self._metrics_file = Throttled[Status](
+            lambda status: _metrics.write(metrics_file, status) if metrics_file else None,
+            WRITE_INTERVAL,
+            "the metrics file",
+        )
         self.feeds = {
             "workloads": Feed("workloads", "workload"),
             "serviceaccounts": Feed("serviceaccounts", "service_account"),
@@ -148,6 +207,10 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.hook_timeout + 1):
                     await self.hooks.idle()
+            self.status.connected = False
+            await self._write_metrics()
+            await self._metrics_file.close()
+            await self._state_file.close()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             self.root.close()
@@ -287,12 +350,10 @@ class Agent:
         renewals = {key: (c.renew_time, c.account_version) for key, c in self.credentials.issued.items()}
         saving = (revisions, renewals)
         if saving != self._saved and not outcome.errors:  # what is saved is on disk
-            state = _state.State(self.config.node, revisions, workloads, accounts, secrets, renewals)
-            try:
-                await asyncio.to_thread(_state.save, self.config.root, state)
-                self._saved = saving
-            except OSError as e:
-                outcome.errors.append(f"cannot save state.json: {e.strerror or e}")
+            self._saved = saving
+            await self._state_file.put(
+                _state.State(self.config.node, revisions, workloads, accounts, secrets, renewals)
+            )
         # The metrics first, then the log lines: whoever sees a line finds the metrics current.
         s = self.status
         s.revision = max(s.revision, revision)
@@ -350,7 +411,4 @@ class Agent:
         if self.config.metrics_file is None:
             return
         self.status.hook_runs, self.status.hook_failures = self.hooks.runs, self.hooks.failures
-        try:
-            await asyncio.to_thread(_metrics.write, self.config.metrics_file, self.status)
-        except OSError as e:
-            log.error("cannot write the metrics file %s: %s", self.config.metrics_file, e.strerror or e)
+        await self._metrics_file.put(dataclasses.replace(self.status))

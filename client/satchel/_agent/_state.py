@@ -75,7 +75,7 @@ def save(root: FsPath, state: State) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{STATE_FILE}.")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(document, f, separators=(",", ":"))
+            f.write(json.dumps(document, separators=(",", ":")))  # dumps: the C encoder
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, directory / STATE_FILE)
