@@ -17,6 +17,7 @@ throughput; the table API makes the schema (`_migrations`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -26,7 +27,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +42,22 @@ from satchel.v1 import meta_pb2, secret_pb2
 from ..errors import DataLoss, NotFound, Unavailable
 from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, Key, R, Resource, binding_changed, copy_of, kind_name, references
 from ._codec import Codec
-from ._interface import Change, History, Listener, Match, Opens, Page, Resealed, SigningKey, Snapshot, Transaction
+from ._interface import (
+    Change,
+    History,
+    HistoryChunk,
+    Listener,
+    Match,
+    Opens,
+    Page,
+    Resealed,
+    SigningKey,
+    Snapshot,
+    Transaction,
+)
 from ._keyring import KeyRing, key_id_of
 from ._migrations import connect, migrate
+from ._reading import SqliteReading
 
 T = TypeVar("T")
 log = logging.getLogger("satcheld.store")
@@ -300,6 +314,7 @@ class SqliteStore:
         self._readers = threading.local()
         self._all_readers: list[sqlite_utils.Database] = []
         self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="satchel-store-reader")
+        self._idle_readings: list[sqlite_utils.Database] = []  # connections for `reading`, free again
         self._revision = self._committed_revision(writer)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._listeners: list[Listener] = []
@@ -519,17 +534,22 @@ class SqliteStore:
                 found.append(self._codec.decode(kind, body, sealed) if sealed and with_data else obj)
         return revision, found
 
-    async def read(self, kind: str, keys: Iterable[Key], with_data: bool) -> Snapshot:
-        """The objects of `kind` with these keys that exist, and the revision of
-        that one consistent read (a node's view of one kind, at one revision)."""
-        return await self._read(self._read_keys, kind, sorted(keys), with_data)
-
-    def _read_keys(self, kind: str, keys: Sequence[Key], with_data: bool) -> Snapshot:
-        db = self._reader()
-        with db.atomic():
-            revision = self._committed_revision(db)
-            rows = [db.execute(_SELECT_ROW, key).fetchone() for key in keys if key[0] == kind]
-        return revision, [self._codec.decode(kind, row[0], row[1], with_data) for row in rows if row is not None]
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[SqliteReading]:
+        """A consistent read in chunks on a connection of its own, taken from the
+        idle ones (or opened); the watch hub bounds how many run at once."""
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        db = self._idle_readings.pop() if self._idle_readings else None
+        if db is None:
+            db = connect(self.path)
+            self._all_readers.append(db)
+        reading = SqliteReading(db, self._codec, self._read_pool, lambda: self._idle_readings.append(db))
+        try:
+            await reading.begin()
+            yield reading
+        finally:
+            reading.close()
 
     async def history(
         self,
@@ -546,7 +566,23 @@ class SqliteStore:
         order, with their related objects if asked; data is opened only when
         asked for (for every object, or for those `with_data` admits)."""
         kinds = (kinds,) if isinstance(kinds, str) else kinds
-        return await self._read(self._history, kinds, after, upto, relevant, _opener(with_data), related)
+        compact, changes, _ = await self._read(self._history, kinds, after, upto, relevant, _opener(with_data), related)
+        return compact, changes
+
+    async def history_chunk(
+        self,
+        kinds: str | tuple[str, ...],
+        after: int,
+        upto: int,
+        relevant: Callable[[Change], bool],
+        with_data: Opens,
+        *,
+        max_bytes: int,
+        related: bool = False,
+    ) -> HistoryChunk:
+        """`history` in chunks of about `max_bytes` (see `Store.history_chunk`)."""
+        kinds = (kinds,) if isinstance(kinds, str) else kinds
+        return await self._read(self._history, kinds, after, upto, relevant, _opener(with_data), related, max_bytes)
 
     def _history(
         self,
@@ -556,43 +592,64 @@ class SqliteStore:
         relevant: Callable[[Change], bool],
         opens: Match,
         related: bool,
-    ) -> History:
+        max_bytes: int | None = None,
+    ) -> HistoryChunk:
+        """The rows are read without their sealed data, which is read by key only
+        for the changes whose data is opened: a change the view leaves out, or
+        shows without data, costs its body alone."""
         db = self._reader()
         marks = ",".join("?" * len(kinds))
+        decode = self._codec.decode
+        changes: list[Change] = []
+        kept = False  # whether the last change read was relevant (its related rows follow it)
+        size = 0
+        reached = upto
         with db.atomic():
             compact = db.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
             rows = db.execute(
-                "SELECT revision, kind, type, body, sealed, prev_body, ref_kind FROM events"
+                "SELECT revision, seq, kind, type, body, sealed IS NOT NULL, prev_body, ref_kind FROM events"
                 f" WHERE kind IN ({marks}) AND revision > ? AND revision <= ?"
                 + ("" if related else f" AND type != {REFERENCED}")
                 + " ORDER BY revision, seq",
                 (*kinds, after, upto),
-            ).fetchall()
-        decode = self._codec.decode
-        changes: list[Change] = []
-        kept = False  # whether the last change read was relevant (its related rows follow it)
-        for revision, kind, event_type, body, sealed, prev, ref_kind in rows:
-            if event_type == REFERENCED:
-                if kept:
-                    obj = decode(ref_kind, body, None, with_data=False)
-                    if sealed is not None and opens(obj):
-                        obj = decode(ref_kind, body, sealed)
-                    last = changes[-1]
-                    changes[-1] = dataclasses.replace(last, related=(*last.related, obj))
-                continue
-            change = Change(
-                revision,
-                kind,
-                event_type,
-                decode(kind, body, None, with_data=False),
-                None if prev is None else cast(Resource, KINDS[kind].message.FromString(prev)),
             )
-            kept = relevant(change)
-            if kept:
-                if sealed is not None and opens(change.obj):
-                    change = dataclasses.replace(change, obj=decode(kind, body, sealed))
-                changes.append(change)
-        return compact, changes
+            last_revision = after
+            for revision, seq, kind, event_type, body, sealed, prev, ref_kind in rows:
+                if max_bytes is not None and revision != last_revision and size >= max_bytes:
+                    reached = last_revision  # every row of it read: the next chunk starts after it
+                    break
+                last_revision = revision
+                size += len(body) + len(prev or b"")
+                if event_type == REFERENCED:
+                    if kept:
+                        obj = decode(ref_kind, body, None, with_data=False)
+                        if sealed and opens(obj):
+                            obj = decode(ref_kind, body, self._sealed_event(db, revision, seq))
+                            size += obj.ByteSize()
+                        last = changes[-1]
+                        changes[-1] = dataclasses.replace(last, related=(*last.related, obj))
+                    continue
+                change = Change(
+                    revision,
+                    kind,
+                    event_type,
+                    decode(kind, body, None, with_data=False),
+                    None if prev is None else cast(Resource, KINDS[kind].message.FromString(prev)),
+                )
+                kept = relevant(change)
+                if kept:
+                    if sealed and opens(change.obj):
+                        change = dataclasses.replace(
+                            change, obj=decode(kind, body, self._sealed_event(db, revision, seq))
+                        )
+                        size += change.obj.ByteSize()
+                    changes.append(change)
+            rows.close()
+        return compact, changes, reached
+
+    @staticmethod
+    def _sealed_event(db: sqlite_utils.Database, revision: int, seq: int) -> bytes:
+        return db.execute("SELECT sealed FROM events WHERE revision=? AND seq=?", (revision, seq)).fetchone()[0]
 
     async def compact(self, *, keep_seconds: float, keep_events: int, max_rows: int = 5000) -> int:
         """Forgets history that is both older than `keep_seconds` and beyond the

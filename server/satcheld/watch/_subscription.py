@@ -1,5 +1,6 @@
 """One Watch stream's bounded buffer: the hub pushes and never waits; a stream
-that falls behind is cut off, its buffer freed, and resumes from its last revision."""
+that falls behind is cut off, its buffer freed, and resumes from its last revision.
+The chunk of its initial part being sent counts against the same budget."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class Subscription:
     __slots__ = (
         "_bytes",
         "_failure",
+        "_held_events",
         "_items",
         "_limits",
         "_waiter",
@@ -35,6 +37,7 @@ class Subscription:
         self.floor = floor  # events at or below this revision were already sent
         self._items: collections.deque[tuple[int, bytes, bool]] = collections.deque()
         self._bytes = 0
+        self._held_events = 0
         self._waiter: asyncio.Future | None = None
         self._failure: SatchelError | None = None
         self._limits = limits
@@ -45,25 +48,49 @@ class Subscription:
         if self._failure is not None:
             return
         max_events, max_bytes = self._limits
-        if len(self._items) >= max_events or self._bytes + len(payload) > max_bytes:
-            self.fail(
-                ResourceExhausted(
-                    "the watch fell behind its buffer and was cut off; resume from the last revision received",
-                    reason="WATCH_BUFFER_OVERFLOW",
-                    metadata={"last_revision": str(self.last_revision)},
-                )
-            )
+        if len(self._items) + self._held_events >= max_events or self._bytes + len(payload) > max_bytes:
+            self.fail(self.overflow())
             return
         self._items.append((revision, payload, bookmark))
         self._bytes += len(payload)
         self._wake()
+
+    def overflow(self, why: str = "the watch fell behind its buffer") -> ResourceExhausted:
+        return ResourceExhausted(
+            f"{why} and was cut off; resume from the last revision received",
+            reason="WATCH_BUFFER_OVERFLOW",
+            metadata={"last_revision": str(self.last_revision)},
+        )
+
+    def hold(self, events: int, size: int) -> None:
+        """Counts a chunk of the initial part, read but not yet sent, against the
+        buffer: the live events queued meanwhile and it share one budget."""
+        if self._failure is not None:
+            return
+        max_events, max_bytes = self._limits
+        if len(self._items) + self._held_events + events > max_events or self._bytes + size > max_bytes:
+            self.fail(self.overflow())
+            return
+        self._held_events += events
+        self._bytes += size
+
+    def sent(self, size: int) -> None:
+        """One held event of `size` bytes has gone to the stream."""
+        if self._failure is None:
+            self._held_events -= 1
+            self._bytes -= size
+
+    def check(self) -> None:
+        """Raises the error the stream was cut off with, if it was."""
+        if self._failure is not None:
+            raise self._failure
 
     def fail(self, error: SatchelError) -> None:
         """Ends the stream with `error` once it asks for its next event; frees the buffer."""
         if self._failure is None:
             self._failure = error
             self._items.clear()
-            self._bytes = 0
+            self._bytes = self._held_events = 0
             self._wake()
 
     @property
