@@ -266,7 +266,7 @@ class WatchHub:
                     initial = self._now(view, sub.floor)
                 initial = await stack.enter_async_context(contextlib.aclosing(initial))
                 async for chunk in initial:
-                    sub.hold(len(chunk), sum(len(payload) for _, payload in chunk))
+                    sub.hold(sum(len(payload) for _, payload in chunk))
                     for revision, payload in chunk:
                         sub.check()
                         sub.floor = max(sub.floor, revision)

@@ -18,7 +18,6 @@ class Subscription:
     __slots__ = (
         "_bytes",
         "_failure",
-        "_held_events",
         "_items",
         "_limits",
         "_waiter",
@@ -37,7 +36,6 @@ class Subscription:
         self.floor = floor  # events at or below this revision were already sent
         self._items: collections.deque[tuple[int, bytes, bool]] = collections.deque()
         self._bytes = 0
-        self._held_events = 0
         self._waiter: asyncio.Future | None = None
         self._failure: SatchelError | None = None
         self._limits = limits
@@ -48,7 +46,7 @@ class Subscription:
         if self._failure is not None:
             return
         max_events, max_bytes = self._limits
-        if len(self._items) + self._held_events >= max_events or self._bytes + len(payload) > max_bytes:
+        if len(self._items) >= max_events or self._bytes + len(payload) > max_bytes:
             self.fail(self.overflow())
             return
         self._items.append((revision, payload, bookmark))
@@ -62,22 +60,20 @@ class Subscription:
             metadata={"last_revision": str(self.last_revision)},
         )
 
-    def hold(self, events: int, size: int) -> None:
+    def hold(self, size: int) -> None:
         """Counts a chunk of the initial part, read but not yet sent, against the
-        buffer: the live events queued meanwhile and it share one budget."""
+        buffer's bytes: the live events queued meanwhile and it share one budget
+        (the count of events bounds the live queue alone)."""
         if self._failure is not None:
             return
-        max_events, max_bytes = self._limits
-        if len(self._items) + self._held_events + events > max_events or self._bytes + size > max_bytes:
+        if self._bytes + size > self._limits[1]:
             self.fail(self.overflow())
             return
-        self._held_events += events
         self._bytes += size
 
     def sent(self, size: int) -> None:
-        """One held event of `size` bytes has gone to the stream."""
+        """A held event of `size` bytes has gone to the stream."""
         if self._failure is None:
-            self._held_events -= 1
             self._bytes -= size
 
     def check(self) -> None:
@@ -90,7 +86,7 @@ class Subscription:
         if self._failure is None:
             self._failure = error
             self._items.clear()
-            self._bytes = self._held_events = 0
+            self._bytes = 0
             self._wake()
 
     @property
