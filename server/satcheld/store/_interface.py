@@ -98,9 +98,9 @@ class Reading(Protocol):
     ) -> tuple[list[Resource], Cursor | None]:
         """The objects of `kind` after `after` in (namespace, name) order, in
         `namespace` if not empty, that `match`, data opened where `opens`
-        admits; at most `max_rows` rows looked at, and the chunk ends once it
-        holds `max_bytes` (never empty of rows looked at, so it always makes
-        progress). Returns them and the cursor to go on from, None at the end."""
+        admits; at most `max_rows` rows looked at, and no more than `max_bytes`
+        of them (their bodies and the sealed data opened), but at least one.
+        Returns them and the cursor to go on from, None at the end."""
         ...
 
     async def keys(

@@ -21,11 +21,12 @@ from ._interface import Cursor, Match
 T = TypeVar("T")
 
 _ROWS = (
-    "SELECT namespace, name, body, sealed IS NOT NULL FROM objects"
+    "SELECT namespace, name, body, length(sealed) FROM objects"
     " WHERE kind=? AND (namespace, name) > (?, ?){namespace} ORDER BY namespace, name LIMIT ?"
 )
 _SEALED = "SELECT sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
 _ROW = "SELECT body, {sealed} FROM objects WHERE kind=? AND namespace=? AND name=?"
+_SIZE = "SELECT length(body) + IFNULL(length({sealed}), 0) FROM objects WHERE kind=? AND namespace=? AND name=?"
 
 
 class SqliteReading:
@@ -95,18 +96,18 @@ class SqliteReading:
         found: list[Resource] = []
         size = 0
         cursor: Cursor | None = None
-        for ns, name, body, sealed in rows:
-            cursor = (ns, name)
+        for ns, name, body, sealed_size in rows:
             obj = decode(kind, body, None, with_data=False)
             if match(obj):
-                size += len(body)
-                if sealed and opens(obj):
-                    data = db.execute(_SEALED, (kind, ns, name)).fetchone()[0]
-                    size += len(data)
-                    obj = decode(kind, body, data)
+                opened = bool(sealed_size) and opens(obj)
+                row_size = len(body) + (sealed_size if opened else 0)
+                if found and size + row_size > max_bytes:
+                    return found, cursor  # this row starts the next chunk
+                size += row_size
+                if opened:
+                    obj = decode(kind, body, db.execute(_SEALED, (kind, ns, name)).fetchone()[0])
                 found.append(obj)
-            if size >= max_bytes:
-                return found, cursor
+            cursor = (ns, name)
         return found, (cursor if len(rows) == max_rows else None)
 
     async def keys(
@@ -119,11 +120,14 @@ class SqliteReading:
         size = read = 0
         sql = _ROW.format(sealed="sealed" if with_data else "NULL")
         for key in keys:
+            args = (kind, key[1], key[2])
+            if found:  # this key starts the next chunk if it would take this one past max_bytes
+                row_size = self._db.execute(_SIZE.format(sealed="sealed" if with_data else "NULL"), args).fetchone()
+                if row_size is not None and size + row_size[0] > max_bytes:
+                    break
             read += 1
-            row = self._db.execute(sql, (kind, key[1], key[2])).fetchone()
+            row = self._db.execute(sql, args).fetchone()
             if row is not None:
                 size += len(row[0]) + len(row[1] or b"")
                 found.append(self._codec.decode(kind, row[0], row[1], with_data))
-            if size >= max_bytes:
-                break
         return found, read

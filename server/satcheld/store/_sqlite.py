@@ -607,7 +607,7 @@ class SqliteStore:
         with db.atomic():
             compact = db.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
             rows = db.execute(
-                "SELECT revision, seq, kind, type, body, sealed IS NOT NULL, prev_body, ref_kind FROM events"
+                "SELECT revision, seq, kind, type, body, length(sealed), prev_body, ref_kind FROM events"
                 f" WHERE kind IN ({marks}) AND revision > ? AND revision <= ?"
                 + ("" if related else f" AND type != {REFERENCED}")
                 + " ORDER BY revision, seq",
@@ -615,17 +615,23 @@ class SqliteStore:
             )
             last_revision = after
             for revision, seq, kind, event_type, body, sealed, prev, ref_kind in rows:
-                if max_bytes is not None and revision != last_revision and size >= max_bytes:
+                row_size = len(body) + len(prev or b"")
+                if (
+                    max_bytes is not None
+                    and revision != last_revision
+                    and size
+                    and size + row_size + (sealed or 0) > max_bytes
+                ):
                     reached = last_revision  # every row of it read: the next chunk starts after it
                     break
                 last_revision = revision
-                size += len(body) + len(prev or b"")
+                size += row_size
                 if event_type == REFERENCED:
                     if kept:
                         obj = decode(ref_kind, body, None, with_data=False)
                         if sealed and opens(obj):
                             obj = decode(ref_kind, body, self._sealed_event(db, revision, seq))
-                            size += obj.ByteSize()
+                            size += sealed
                         last = changes[-1]
                         changes[-1] = dataclasses.replace(last, related=(*last.related, obj))
                     continue
@@ -642,7 +648,7 @@ class SqliteStore:
                         change = dataclasses.replace(
                             change, obj=decode(kind, body, self._sealed_event(db, revision, seq))
                         )
-                        size += change.obj.ByteSize()
+                        size += sealed
                     changes.append(change)
             rows.close()
         return compact, changes, reached

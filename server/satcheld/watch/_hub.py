@@ -317,9 +317,10 @@ class WatchHub:
                     max_rows=CHUNK_ROWS,
                     max_bytes=self._chunk_bytes,
                 )
-                if objects:
-                    yield [(revision, encode(view.kind, ADDED, revision, obj, opens(obj))) for obj in objects]
-                del objects
+                chunk = [(revision, encode(view.kind, ADDED, revision, obj, opens(obj))) for obj in objects]
+                del objects  # while the chunk is sent, only its serialized events are held
+                if chunk:
+                    yield chunk
         yield [(revision, encode(view.kind, SYNCED, revision))]
 
     async def _replay(self, view: View, since: int, *, upto: int) -> AsyncGenerator[Chunk, None]:

@@ -1,0 +1,132 @@
+"""A Watch's initial part (a snapshot, or a replay of history) goes through the
+stream's bounded buffer and is read from the store in chunks: streams that
+stop reading in the middle of a large view hold a chunk each, not the view,
+and a bounded number of them read at once, a stalled one cut off so that the
+others get their turn.
+
+The memory tests run satcheld as a real process and read its VmRSS from
+/proc, so that nothing of the test's own (the client's buffers) is counted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+from conftest import Identity, Pki, Stubs
+from failures import digest
+from kinds import SECRETS
+from test_serve import satcheld
+from watchkit import WAIT, Channels
+
+from satchel.v1 import meta_pb2, secret_pb2
+
+MIB = 1024 * 1024
+BIG = 1000 * 1024  # under the 1 MiB limit of a whole secret
+SECRETS_IN_VIEW = 12  # 12 MiB of data in the view
+STALLED = 4
+# What four stalled streams may add to the server: a chunk of the initial part
+# each (about 1 MiB, a secret here), the message grpc is sending and the one
+# it has queued, with room for the allocator's slack. Before the initial part
+# was read in chunks, each such stream held the whole view, decrypted and
+# decoded (the 12 MiB twice over, briefly), and four of them grew the server
+# by about 90 MiB here (16-19 MiB since).
+GROWTH_BOUND = 32 * MIB
+SAMPLES = 15  # RSS read this many times while the streams stall
+# The client's transport would otherwise grow its window (BDP probing) and take
+# in most of a 12 MiB view unread; without it the server's writes wait.
+NO_BDP = [("grpc.http2.bdp_probe", 0)]
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def big_secret(i: int) -> secret_pb2.Secret:
+    # Each secret's bytes differ, so no layer can share or compress them away.
+    blob = bytes((i * 7 + j) % 251 for j in range(251)) * (BIG // 251)
+    return secret_pb2.Secret(metadata=meta_pb2.ObjectMeta(namespace="large", name=f"big-{i:02}"), data={"blob": blob})
+
+
+async def _stalled_streams_hold_a_bounded_share(tmp_path: Path, request: dict) -> None:
+    data = tmp_path / "data"
+    async with satcheld(tmp_path, "--dev", "--data-dir", str(data), "--listen", "127.0.0.1:0") as srv:
+        certs = data / "certs"
+        admin_identity = Identity(certs / "admin.crt", certs / "admin.key")
+        channels = Channels(Pki(certs, certs / "ca.crt", *[admin_identity] * 6))
+        try:
+            admin = channels.stubs(srv.address, admin_identity)
+            marker = await SECRETS.api(admin).create(SECRETS.make("marker", namespace="other"))
+            expected = {}
+            for i in range(SECRETS_IN_VIEW):
+                secret = big_secret(i)
+                expected[secret.metadata.name] = digest(secret.data)
+                await admin.secrets.CreateSecret(secret_pb2.CreateSecretRequest(secret=secret))
+            if request.get("since_revision"):
+                request = {"since_revision": marker.metadata.resource_version}
+
+            # A whole reading first, so that what any read allocates once is in the baseline.
+            warm = Stalled(admin, namespace="large", **request)
+            assert await warm.rest() == expected
+            baseline = rss(srv.proc.pid)
+
+            stalled = [
+                Stalled(channels.stubs(srv.address, admin_identity, options=NO_BDP), namespace="large", **request)
+                for _ in range(STALLED)
+            ]
+            for stream in stalled:
+                await stream.first()  # then the client reads no more
+            peak = baseline
+            for _ in range(SAMPLES):
+                peak = max(peak, rss(srv.proc.pid))
+                await asyncio.sleep(0.2)  # a sampling period, not a wait for anything
+            growth = peak - baseline
+            print(f"\nserver RSS {baseline / MIB:.1f} MiB, +{growth / MIB:.1f} MiB with {STALLED} stalled streams")
+            assert growth <= GROWTH_BOUND, (
+                f"{STALLED} streams stalled in a {SECRETS_IN_VIEW * BIG // MIB} MiB initial part grew the server"
+                f" by {growth / MIB:.1f} MiB (bound {GROWTH_BOUND / MIB:.0f} MiB)"
+            )
+            # They were stalled in the middle, not done: each still gets the whole view, intact.
+            for stream in stalled:
+                assert await stream.rest() == expected
+        finally:
+            await channels.close()
+
+
+class Stalled:
+    """A raw WatchSecrets call whose reader takes one response, then none until `rest`."""
+
+    def __init__(self, stubs: Stubs, **request) -> None:
+        self.call = stubs.secrets.WatchSecrets(secret_pb2.WatchSecretsRequest(**request))
+        self.replay = not request.get("send_initial")
+        self.seen: dict[str, dict[str, str]] = {}  # name -> data hashes
+        self.synced = False
+
+    async def first(self) -> None:
+        await self._read()
+
+    async def _read(self) -> None:
+        response = await asyncio.wait_for(self.call.read(), WAIT)
+        assert response is not grpc.aio.EOF, "the stream ended"
+        if response.type == meta_pb2.EVENT_TYPE_SYNCED:
+            self.synced = True
+        elif response.type != meta_pb2.EVENT_TYPE_BOOKMARK:
+            self.seen[response.secret.metadata.name] = digest(response.secret.data)
+
+    async def rest(self) -> dict[str, dict[str, str]]:
+        """The data of every object of the view: a snapshot's up to SYNCED, a replay's twelve."""
+        while not (len(self.seen) == SECRETS_IN_VIEW if self.replay else self.synced):
+            await self._read()
+        self.call.cancel()
+        return self.seen
+
+
+async def test_stalled_send_initial_streams_over_large_secrets_keep_the_server_bounded(tmp_path) -> None:
+    await _stalled_streams_hold_a_bounded_share(tmp_path, {"send_initial": True})
+
+
+async def test_stalled_replays_of_large_secrets_keep_the_server_bounded(tmp_path) -> None:
+    await _stalled_streams_hold_a_bounded_share(tmp_path, {"since_revision": 1})
