@@ -10,16 +10,22 @@ The memory tests run satcheld as a real process and read its VmRSS from
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import pytest
+import test_watch_history as history
 from conftest import Identity, Pki, Stubs
-from failures import digest
+from failures import digest, parse
 from kinds import SECRETS
 from test_serve import satcheld
-from watchkit import WAIT, Channels
+from watchkit import ADDED, SYNCED, WAIT, Channels, Watcher, running
 
 from satchel.v1 import meta_pb2, secret_pb2
+from satcheld.store._reading import SqliteReading
+from satcheld.watch import _bindings, _hub
 
 MIB = 1024 * 1024
 BIG = 1000 * 1024  # under the 1 MiB limit of a whole secret
@@ -130,3 +136,98 @@ async def test_stalled_send_initial_streams_over_large_secrets_keep_the_server_b
 
 async def test_stalled_replays_of_large_secrets_keep_the_server_bounded(tmp_path) -> None:
     await _stalled_streams_hold_a_bounded_share(tmp_path, {"since_revision": 1})
+
+
+# -- in-process: every chunk as small as it gets, the cap, the cut-off of a stalled stream ------------
+
+
+@pytest.fixture
+def one_object_chunks(monkeypatch) -> None:
+    """Every chunk of an initial part holds one object (snapshots, node
+    snapshots) or one revision (replays), so that chunk boundaries fall
+    everywhere the randomized checkers look."""
+    monkeypatch.setattr(_hub, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(_hub, "CHUNK_ROWS", 1)
+    monkeypatch.setattr(_bindings, "CHUNK_KEYS", 1)
+    reads: list[int] = []
+    objects = SqliteReading.objects
+
+    async def counted(self, *args, **kwargs):
+        found, after = await objects(self, *args, **kwargs)
+        reads.append(len(found))
+        return found, after
+
+    monkeypatch.setattr(SqliteReading, "objects", counted)
+    yield
+    assert len(reads) > 20 and max(reads) <= 1, f"the snapshots were not read an object at a time: {reads[:20]}"
+
+
+async def test_the_history_checker_holds_with_one_object_chunks(pki, tmp_path, one_object_chunks) -> None:
+    await history.test_every_watcher_sees_the_committed_history_filtered_to_its_view(pki, tmp_path, history.SEEDS[0])
+
+
+async def test_the_node_view_checker_holds_with_one_object_chunks(pki, tmp_path, one_object_chunks) -> None:
+    await history.test_every_node_stream_sees_the_changes_of_its_view_in_the_committed_history(
+        pki, tmp_path, history.SEEDS[1]
+    )
+
+
+STALL = 1.5  # seconds
+
+
+async def test_streams_wait_their_turn_and_a_stalled_one_is_cut_off(pki, tmp_path) -> None:
+    """With one initial part read at a time, a second send_initial waits (it is
+    not refused) while a first one is stalled, and is served once the first,
+    having taken nothing for STALL seconds, is cut off with
+    WATCH_BUFFER_OVERFLOW. The first learns it when it reads again."""
+    async with running(
+        pki, tmp_path / "data", max_initial_snapshots=1, initial_snapshot_stall=timedelta(seconds=STALL)
+    ) as server:
+        channels = Channels(pki)
+        try:
+            admin = channels.stubs(server.address, pki.admin)
+            for i in range(4):  # more than grpc takes in unread through a 64 KiB window
+                await admin.secrets.CreateSecret(secret_pb2.CreateSecretRequest(secret=big_secret(i)))
+            stalled = Stalled(channels.stubs(server.address, pki.admin, options=NO_BDP), send_initial=True)
+            await stalled.first()
+            assert server.hub is not None and server.hub.initials.reading == 1
+
+            opened = time.monotonic()
+            second = Watcher.open(channels.stubs(server.address, pki.admin), SECRETS, "second", send_initial=True)
+            await second.wait_for(lambda: any(e.type == SYNCED for e in second.events), "SYNCED", STALL + WAIT)
+            waited = time.monotonic() - opened
+            assert [e.type for e in second.events].count(ADDED) == 4
+            assert waited >= STALL * 0.9, f"the second stream was served after {waited:.2f} s, not after its turn"
+            await second.close()
+
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
+                await stalled.rest()
+            failure = parse(cut.value)
+            assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert failure.info.reason == "WATCH_BUFFER_OVERFLOW"
+            assert "initial events" in failure.message
+            assert server.hub.initials.reading == 0
+        finally:
+            await channels.close()
+
+
+async def test_a_cancelled_initial_part_frees_its_turn(pki, tmp_path) -> None:
+    """A stream cancelled in the middle of its snapshot gives its turn (and its
+    read transaction) back at once, so the next one does not wait for a cut-off."""
+    async with running(
+        pki, tmp_path / "data", max_initial_snapshots=1, initial_snapshot_stall=timedelta(hours=1)
+    ) as server:
+        channels = Channels(pki)
+        try:
+            admin = channels.stubs(server.address, pki.admin)
+            for i in range(4):
+                await admin.secrets.CreateSecret(secret_pb2.CreateSecretRequest(secret=big_secret(i)))
+            for round in range(3):
+                stalled = Stalled(channels.stubs(server.address, pki.admin, options=NO_BDP), send_initial=True)
+                await stalled.first()
+                stalled.call.cancel()
+                after = Watcher.open(admin, SECRETS, f"after-{round}", send_initial=True)
+                await after.wait_for(lambda w=after: any(e.type == SYNCED for e in w.events), "SYNCED")
+                await after.close()
+        finally:
+            await channels.close()
