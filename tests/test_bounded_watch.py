@@ -237,3 +237,22 @@ async def test_a_cancelled_initial_part_frees_its_turn(pki, tmp_path) -> None:
                 await after.close()
         finally:
             await channels.close()
+
+
+async def test_the_initial_snapshot_flags_reach_the_server(tmp_path, monkeypatch) -> None:
+    """`--max-initial-snapshots` and `--initial-snapshot-stall` (and their
+    SATCHEL_ variables) configure the running server."""
+    from satcheld._cli import _dev_config, build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "--dev", "--data-dir", str(tmp_path / "d"), "--max-initial-snapshots", "3",
+         "--initial-snapshot-stall", "5s"]
+    )  # fmt: skip
+    config = _dev_config(args)
+    assert (config.max_initial_snapshots, config.initial_snapshot_stall) == (3, timedelta(seconds=5))
+    defaults = _dev_config(build_parser().parse_args(["serve", "--dev", "--data-dir", str(tmp_path / "d")]))
+    assert (defaults.max_initial_snapshots, defaults.initial_snapshot_stall) == (16, timedelta(seconds=30))
+    monkeypatch.setenv("SATCHEL_MAX_INITIAL_SNAPSHOTS", "7")
+    monkeypatch.setenv("SATCHEL_INITIAL_SNAPSHOT_STALL", "1m")
+    from_env = _dev_config(build_parser().parse_args(["serve", "--dev", "--data-dir", str(tmp_path / "d")]))
+    assert (from_env.max_initial_snapshots, from_env.initial_snapshot_stall) == (7, timedelta(minutes=1))
