@@ -36,7 +36,7 @@ STALLED = 4
 # it has queued, with room for the allocator's slack. Before the initial part
 # was read in chunks, each such stream held the whole view, decrypted and
 # decoded (the 12 MiB twice over, briefly), and four of them grew the server
-# by about 90 MiB here (16-19 MiB since).
+# by about 90 MiB here (since: 8-10 MiB, replays 10-24 MiB).
 GROWTH_BOUND = 32 * MIB
 SAMPLES = 15  # RSS read this many times while the streams stall
 # The client's transport would otherwise grow its window (BDP probing) and take

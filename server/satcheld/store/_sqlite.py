@@ -63,6 +63,7 @@ T = TypeVar("T")
 log = logging.getLogger("satcheld.store")
 
 _BATCH = 256
+READING_CACHE_KIB = 256  # the page cache of a `reading`'s connection
 # Reads run here, off the event loop; each thread keeps its own connection.
 READER_THREADS = 4
 _GROUP_COMMIT_WINDOW = 0.004  # seconds a busy writer waits for company
@@ -543,6 +544,10 @@ class SqliteStore:
         db = self._idle_readings.pop() if self._idle_readings else None
         if db is None:
             db = connect(self.path)
+            # Its pages are read once, in order: a small page cache (SQLite's
+            # default is 2 MiB per connection) is all it needs, and all each
+            # idle one keeps.
+            db.execute(f"PRAGMA cache_size=-{READING_CACHE_KIB}")
             self._all_readers.append(db)
         reading = SqliteReading(db, self._codec, self._read_pool, lambda: self._idle_readings.append(db))
         try:
