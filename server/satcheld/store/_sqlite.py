@@ -79,6 +79,7 @@ _Key = Key
 # EventType is never negative).
 REFERENCED = -1
 _SELECT_ROW = "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
+_SELECT_SEALED = "SELECT sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
 _SIGNING_KEY = "SELECT kid FROM signing_keys WHERE retire_time_ns IS NULL ORDER BY create_time_ns DESC LIMIT 1"
 _SIGNING_KEYS = (
     "SELECT kid, sealed, public_jwk, lifetime_ns, create_time_ns, retire_time_ns, expire_time_ns"
@@ -491,7 +492,11 @@ class SqliteStore:
         opens: Match,
     ) -> Page:
         db = self._reader()
-        sql = "SELECT body, sealed FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
+        # Sealed data is read by key only for the rows whose data is opened: a
+        # scan that matches few of many secrets reads their bodies alone.
+        sql = (
+            "SELECT namespace, name, body, sealed IS NOT NULL FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
+        )
         args: list[Any] = [kind, *after]
         if namespace:
             sql += " AND namespace=?"
@@ -502,12 +507,12 @@ class SqliteStore:
         more = False
         with db.atomic():  # the revision and the rows from one snapshot
             revision = self._committed_revision(db)
-            for body, sealed in db.execute(sql, args):
+            for ns, name, body, sealed in db.execute(sql, args):
                 obj = self._codec.decode(kind, body, None, with_data=False)
                 if not match(obj):
                     continue
-                if sealed is not None and opens(obj):
-                    obj = self._codec.decode(kind, body, sealed)
+                if sealed and opens(obj):
+                    obj = self._codec.decode(kind, body, db.execute(_SELECT_SEALED, (kind, ns, name)).fetchone()[0])
                 size += obj.ByteSize()
                 if len(found) == limit or (found and size > max_bytes):
                     more = True
@@ -526,7 +531,8 @@ class SqliteStore:
         with db.atomic():
             revision = self._committed_revision(db)
             rows = db.execute(
-                "SELECT body, sealed FROM objects WHERE kind=? ORDER BY namespace, name", (kind,)
+                f"SELECT body, {'sealed' if with_data else 'NULL'} FROM objects WHERE kind=? ORDER BY namespace, name",
+                (kind,),
             ).fetchall()
         found = []
         for body, sealed in rows:
