@@ -287,7 +287,14 @@ async def test_explicit_form_names_a_file_that_is_not_pem(pki, tmp_path, flag: s
 
 
 @pytest.mark.parametrize(
-    "args", [["--bookmark-interval", "0s"], ["--history-events", "0"], ["--history-events", "abc"]]
+    "args",
+    [
+        ["--bookmark-interval", "0s"],
+        ["--history-events", "0"],
+        ["--history-events", "abc"],
+        ["--max-initial-snapshots", "0"],
+        ["--initial-snapshot-stall", "0s"],
+    ],
 )
 async def test_watch_tuning_flags_are_checked(tmp_path, args: list[str]) -> None:
     code, err, out = await _fails(tmp_path, ["--dev", "--data-dir", str(tmp_path / "d"), *args])

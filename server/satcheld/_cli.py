@@ -82,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--history-age", type=_duration, default=_env("history_age", "1h"))
     serve.add_argument("--history-events", type=_positive_int, default=_env("history_events", "100000"))
     serve.add_argument("--bookmark-interval", type=_positive_duration, default=_env("bookmark_interval", "10s"))
+    serve.add_argument(
+        "--max-initial-snapshots",
+        type=_positive_int,
+        default=_env("max_initial_snapshots", "16"),
+        help="Watch streams reading their initial snapshot or replay at once; others wait their turn (default 16)",
+    )
+    serve.add_argument(
+        "--initial-snapshot-stall",
+        type=_positive_duration,
+        default=_env("initial_snapshot_stall", "30s"),
+        help="cut off a Watch stream that takes none of its initial events for this long (default 30s)",
+    )
     serve.add_argument("--token-issuer", default=_env("token_issuer", "satchel"), help="tokens' iss (default satchel)")
     serve.add_argument(
         "--token-audience",
@@ -125,6 +137,13 @@ def _token_settings(args: argparse.Namespace) -> dict[str, Any]:
         "token_issuer": args.token_issuer,
         "token_audience": args.token_audience,
         "token_lifetime": args.token_lifetime,
+    }
+
+
+def _watch_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max_initial_snapshots": args.max_initial_snapshots,
+        "initial_snapshot_stall": args.initial_snapshot_stall,
     }
 
 
@@ -179,6 +198,7 @@ def _dev_config(args: argparse.Namespace) -> ServerConfig:
         history_age=args.history_age,
         history_events=args.history_events,
         bookmark_interval=args.bookmark_interval,
+        **_watch_settings(args),
         **_token_settings(args),
     )
 
@@ -200,6 +220,7 @@ def _explicit_config(args: argparse.Namespace) -> ServerConfig:
         history_age=args.history_age,
         history_events=args.history_events,
         bookmark_interval=args.bookmark_interval,
+        **_watch_settings(args),
         **_token_settings(args),
     )
 

@@ -38,6 +38,10 @@ class ServerConfig:
     token_lifetime: timedelta = timedelta(hours=24)  # from a token's signing to its `exp`
     watch_buffer_events: int = 10_000  # per stream, before it is cut off
     watch_buffer_bytes: int = 16 * 1024 * 1024
+    # Watch streams reading their initial part (snapshot or replay) at once; others wait their turn.
+    max_initial_snapshots: int = 16
+    # An initial part whose stream takes none of its events for this long is cut off.
+    initial_snapshot_stall: timedelta = timedelta(seconds=30)
     shutdown_grace: float = 5.0
     extra_options: list[tuple[str, int]] = field(default_factory=list)
 

@@ -118,6 +118,8 @@ class Server:
             raise ConfigError(
                 "--bookmark-interval must be above 0, --history-events at least 1, --history-age not negative"
             )
+        if c.max_initial_snapshots < 1 or c.initial_snapshot_stall.total_seconds() <= 0:
+            raise ConfigError("--max-initial-snapshots must be at least 1, --initial-snapshot-stall above 0")
         if c.token_lifetime.total_seconds() < 1 or not c.token_issuer or not c.token_audience:
             raise ConfigError("--token-lifetime must be at least 1s; --token-issuer and --token-audience not empty")
         authority = self._authority()
@@ -151,6 +153,8 @@ class Server:
             bookmark_interval=c.bookmark_interval.total_seconds(),
             buffer_events=c.watch_buffer_events,
             buffer_bytes=c.watch_buffer_bytes,
+            initial_reads=c.max_initial_snapshots,
+            initial_stall=c.initial_snapshot_stall.total_seconds(),
         )
         authorizer = self._authorizer = Authorizer(policy, graph)
         hub = self.hub
@@ -180,6 +184,7 @@ class Server:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
             asyncio.create_task(self.hub.run_bookmarks(), name="satchel-bookmarks"),
+            asyncio.create_task(self.hub.initials.run(), name="satchel-initial-stalls"),
             asyncio.create_task(self._run_compaction(), name="satchel-compaction"),
             asyncio.create_task(self.rotator.run(), name="satchel-rotation"),
             asyncio.create_task(self._run_key_pruning(tokens), name="satchel-signing-keys"),

@@ -149,6 +149,12 @@ class Guard:
                 if not audit.write(req, ok, STARTED):
                     await _close(responses)
                     await context.abort_with_status(_unrecorded(req))
+                # A call cancelled while grpc waits to send leaves this generator
+                # and `responses` suspended at a yield until the garbage collector
+                # finds them; closing `responses` when the call ends lets go at once
+                # of what it holds (a Watch's subscription, its initial part's turn
+                # in the hub and its read transaction).
+                context.add_done_callback(cast(Any, lambda _context: _close_later(responses)))
                 try:
                     async for response in responses:
                         yield response
@@ -231,6 +237,18 @@ async def _parsed(requests: AsyncIterator[bytes], parse: Callable[[bytes], Any])
     ends the call with INVALID_ARGUMENT, as a malformed unary request does)."""
     async for raw in requests:
         yield parse(raw)
+
+
+def _close_later(responses: Any) -> None:
+    """Closes `responses` in a task of its own, if it is not running (a call
+    that ended inside it has already unwound it)."""
+    if inspect.isasyncgen(responses) and not responses.ag_running:
+        task = asyncio.get_running_loop().create_task(_close(responses))
+        _closing.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
 
 
 async def _close(responses: Any) -> None:

@@ -13,7 +13,8 @@ commit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -70,6 +71,44 @@ class Resealed(NamedTuple):
 
 Listener = Callable[[list[Change]], None]
 History = tuple[int, list[Change]]  # the compact revision, the changes
+# The compact revision, the changes, and the revision read up to: every change
+# of a revision is in the same chunk, so the next chunk starts after it.
+HistoryChunk = tuple[int, list[Change], int]
+Cursor = tuple[str, str]  # (namespace, name): a chunk of objects starts after it
+
+
+class Reading(Protocol):
+    """One consistent read of the objects at one revision, taken in chunks of
+    bounded size, so that a large view need never be in memory at once. It
+    holds a read transaction (and a connection) until it ends: callers keep
+    it short, and bounded in number."""
+
+    @property
+    def revision(self) -> int:
+        """The revision every chunk is read at."""
+        ...
+
+    def close(self) -> None:
+        """Ends the read now, before its context exits (a stalled stream cut
+        off); a chunk asked for after it raises RuntimeError."""
+        ...
+
+    async def objects(
+        self, kind: str, *, namespace: str, after: Cursor, match: Match, opens: Match, max_rows: int, max_bytes: int
+    ) -> tuple[list[Resource], Cursor | None]:
+        """The objects of `kind` after `after` in (namespace, name) order, in
+        `namespace` if not empty, that `match`, data opened where `opens`
+        admits; at most `max_rows` rows looked at, and no more than `max_bytes`
+        of them (their bodies and the sealed data opened), but at least one.
+        Returns them and the cursor to go on from, None at the end."""
+        ...
+
+    async def keys(
+        self, kind: str, keys: Sequence[Key], *, with_data: bool, max_bytes: int
+    ) -> tuple[list[Resource], int]:
+        """Of `keys` (all of `kind`), in order, the objects that exist, until they
+        hold `max_bytes` (at least one key is read); and how many keys were read."""
+        ...
 
 
 class Transaction(Protocol):
@@ -139,11 +178,6 @@ class Store(Protocol):
         """The matching objects of `kind` and the revision of that one consistent read."""
         ...
 
-    async def read(self, kind: str, keys: Iterable[Key], with_data: bool) -> Snapshot:
-        """The objects of `kind` with these keys that exist, and the revision of
-        that one consistent read."""
-        ...
-
     async def history(
         self,
         kinds: str | tuple[str, ...],
@@ -157,6 +191,27 @@ class Store(Protocol):
         """The compact revision (history after it is complete) and the `relevant`
         changes of `kinds` in revisions (after, upto], in order; with their
         `related` objects only if asked."""
+        ...
+
+    async def history_chunk(
+        self,
+        kinds: str | tuple[str, ...],
+        after: int,
+        upto: int,
+        relevant: Callable[[Change], bool],
+        with_data: Opens,
+        *,
+        max_bytes: int,
+        related: bool = False,
+    ) -> HistoryChunk:
+        """`history`, from `after` on, ending at the first revision boundary past
+        `max_bytes` of rows read (bodies, and the sealed data it opened): the
+        compact revision, the changes, and the revision it read up to (above
+        `after`; `upto` once done). Sealed data is read only where opened."""
+        ...
+
+    def reading(self) -> AbstractAsyncContextManager[Reading]:
+        """A consistent read in chunks (`Reading`), ended when the context exits."""
         ...
 
     async def compact(self, *, keep_seconds: float, keep_events: int) -> int:

@@ -17,6 +17,7 @@ throughput; the table API makes the schema (`_migrations`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -26,7 +27,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,28 @@ from satchel.v1 import meta_pb2, secret_pb2
 from ..errors import DataLoss, NotFound, Unavailable
 from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, Key, R, Resource, binding_changed, copy_of, kind_name, references
 from ._codec import Codec
-from ._interface import Change, History, Listener, Match, Opens, Page, Resealed, SigningKey, Snapshot, Transaction
+from ._interface import (
+    Change,
+    History,
+    HistoryChunk,
+    Listener,
+    Match,
+    Opens,
+    Page,
+    Resealed,
+    SigningKey,
+    Snapshot,
+    Transaction,
+)
 from ._keyring import KeyRing, key_id_of
 from ._migrations import connect, migrate
+from ._reading import SqliteReading
 
 T = TypeVar("T")
 log = logging.getLogger("satcheld.store")
 
 _BATCH = 256
+READING_CACHE_KIB = 256  # the page cache of a `reading`'s connection
 # Reads run here, off the event loop; each thread keeps its own connection.
 READER_THREADS = 4
 _GROUP_COMMIT_WINDOW = 0.004  # seconds a busy writer waits for company
@@ -64,6 +79,7 @@ _Key = Key
 # EventType is never negative).
 REFERENCED = -1
 _SELECT_ROW = "SELECT body, sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
+_SELECT_SEALED = "SELECT sealed FROM objects WHERE kind=? AND namespace=? AND name=?"
 _SIGNING_KEY = "SELECT kid FROM signing_keys WHERE retire_time_ns IS NULL ORDER BY create_time_ns DESC LIMIT 1"
 _SIGNING_KEYS = (
     "SELECT kid, sealed, public_jwk, lifetime_ns, create_time_ns, retire_time_ns, expire_time_ns"
@@ -300,6 +316,7 @@ class SqliteStore:
         self._readers = threading.local()
         self._all_readers: list[sqlite_utils.Database] = []
         self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="satchel-store-reader")
+        self._idle_readings: list[sqlite_utils.Database] = []  # connections for `reading`, free again
         self._revision = self._committed_revision(writer)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._listeners: list[Listener] = []
@@ -475,7 +492,11 @@ class SqliteStore:
         opens: Match,
     ) -> Page:
         db = self._reader()
-        sql = "SELECT body, sealed FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
+        # Sealed data is read by key only for the rows whose data is opened: a
+        # scan that matches few of many secrets reads their bodies alone.
+        sql = (
+            "SELECT namespace, name, body, sealed IS NOT NULL FROM objects WHERE kind=? AND (namespace, name) > (?, ?)"
+        )
         args: list[Any] = [kind, *after]
         if namespace:
             sql += " AND namespace=?"
@@ -486,12 +507,12 @@ class SqliteStore:
         more = False
         with db.atomic():  # the revision and the rows from one snapshot
             revision = self._committed_revision(db)
-            for body, sealed in db.execute(sql, args):
+            for ns, name, body, sealed in db.execute(sql, args):
                 obj = self._codec.decode(kind, body, None, with_data=False)
                 if not match(obj):
                     continue
-                if sealed is not None and opens(obj):
-                    obj = self._codec.decode(kind, body, sealed)
+                if sealed and opens(obj):
+                    obj = self._codec.decode(kind, body, db.execute(_SELECT_SEALED, (kind, ns, name)).fetchone()[0])
                 size += obj.ByteSize()
                 if len(found) == limit or (found and size > max_bytes):
                     more = True
@@ -510,7 +531,8 @@ class SqliteStore:
         with db.atomic():
             revision = self._committed_revision(db)
             rows = db.execute(
-                "SELECT body, sealed FROM objects WHERE kind=? ORDER BY namespace, name", (kind,)
+                f"SELECT body, {'sealed' if with_data else 'NULL'} FROM objects WHERE kind=? ORDER BY namespace, name",
+                (kind,),
             ).fetchall()
         found = []
         for body, sealed in rows:
@@ -519,17 +541,26 @@ class SqliteStore:
                 found.append(self._codec.decode(kind, body, sealed) if sealed and with_data else obj)
         return revision, found
 
-    async def read(self, kind: str, keys: Iterable[Key], with_data: bool) -> Snapshot:
-        """The objects of `kind` with these keys that exist, and the revision of
-        that one consistent read (a node's view of one kind, at one revision)."""
-        return await self._read(self._read_keys, kind, sorted(keys), with_data)
-
-    def _read_keys(self, kind: str, keys: Sequence[Key], with_data: bool) -> Snapshot:
-        db = self._reader()
-        with db.atomic():
-            revision = self._committed_revision(db)
-            rows = [db.execute(_SELECT_ROW, key).fetchone() for key in keys if key[0] == kind]
-        return revision, [self._codec.decode(kind, row[0], row[1], with_data) for row in rows if row is not None]
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[SqliteReading]:
+        """A consistent read in chunks on a connection of its own, taken from the
+        idle ones (or opened); the watch hub bounds how many run at once."""
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        db = self._idle_readings.pop() if self._idle_readings else None
+        if db is None:
+            db = connect(self.path)
+            # Its pages are read once, in order: a small page cache (SQLite's
+            # default is 2 MiB per connection) is all it needs, and all each
+            # idle one keeps.
+            db.execute(f"PRAGMA cache_size=-{READING_CACHE_KIB}")
+            self._all_readers.append(db)
+        reading = SqliteReading(db, self._codec, self._read_pool, lambda: self._idle_readings.append(db))
+        try:
+            await reading.begin()
+            yield reading
+        finally:
+            reading.close()
 
     async def history(
         self,
@@ -546,7 +577,23 @@ class SqliteStore:
         order, with their related objects if asked; data is opened only when
         asked for (for every object, or for those `with_data` admits)."""
         kinds = (kinds,) if isinstance(kinds, str) else kinds
-        return await self._read(self._history, kinds, after, upto, relevant, _opener(with_data), related)
+        compact, changes, _ = await self._read(self._history, kinds, after, upto, relevant, _opener(with_data), related)
+        return compact, changes
+
+    async def history_chunk(
+        self,
+        kinds: str | tuple[str, ...],
+        after: int,
+        upto: int,
+        relevant: Callable[[Change], bool],
+        with_data: Opens,
+        *,
+        max_bytes: int,
+        related: bool = False,
+    ) -> HistoryChunk:
+        """`history` in chunks of about `max_bytes` (see `Store.history_chunk`)."""
+        kinds = (kinds,) if isinstance(kinds, str) else kinds
+        return await self._read(self._history, kinds, after, upto, relevant, _opener(with_data), related, max_bytes)
 
     def _history(
         self,
@@ -556,43 +603,70 @@ class SqliteStore:
         relevant: Callable[[Change], bool],
         opens: Match,
         related: bool,
-    ) -> History:
+        max_bytes: int | None = None,
+    ) -> HistoryChunk:
+        """The rows are read without their sealed data, which is read by key only
+        for the changes whose data is opened: a change the view leaves out, or
+        shows without data, costs its body alone."""
         db = self._reader()
         marks = ",".join("?" * len(kinds))
+        decode = self._codec.decode
+        changes: list[Change] = []
+        kept = False  # whether the last change read was relevant (its related rows follow it)
+        size = 0
+        reached = upto
         with db.atomic():
             compact = db.execute("SELECT compact_revision FROM state WHERE id=1").fetchone()[0]
             rows = db.execute(
-                "SELECT revision, kind, type, body, sealed, prev_body, ref_kind FROM events"
+                "SELECT revision, seq, kind, type, body, length(sealed), prev_body, ref_kind FROM events"
                 f" WHERE kind IN ({marks}) AND revision > ? AND revision <= ?"
                 + ("" if related else f" AND type != {REFERENCED}")
                 + " ORDER BY revision, seq",
                 (*kinds, after, upto),
-            ).fetchall()
-        decode = self._codec.decode
-        changes: list[Change] = []
-        kept = False  # whether the last change read was relevant (its related rows follow it)
-        for revision, kind, event_type, body, sealed, prev, ref_kind in rows:
-            if event_type == REFERENCED:
-                if kept:
-                    obj = decode(ref_kind, body, None, with_data=False)
-                    if sealed is not None and opens(obj):
-                        obj = decode(ref_kind, body, sealed)
-                    last = changes[-1]
-                    changes[-1] = dataclasses.replace(last, related=(*last.related, obj))
-                continue
-            change = Change(
-                revision,
-                kind,
-                event_type,
-                decode(kind, body, None, with_data=False),
-                None if prev is None else cast(Resource, KINDS[kind].message.FromString(prev)),
             )
-            kept = relevant(change)
-            if kept:
-                if sealed is not None and opens(change.obj):
-                    change = dataclasses.replace(change, obj=decode(kind, body, sealed))
-                changes.append(change)
-        return compact, changes
+            last_revision = after
+            for revision, seq, kind, event_type, body, sealed, prev, ref_kind in rows:
+                row_size = len(body) + len(prev or b"")
+                if (
+                    max_bytes is not None
+                    and revision != last_revision
+                    and size
+                    and size + row_size + (sealed or 0) > max_bytes
+                ):
+                    reached = last_revision  # every row of it read: the next chunk starts after it
+                    break
+                last_revision = revision
+                size += row_size
+                if event_type == REFERENCED:
+                    if kept:
+                        obj = decode(ref_kind, body, None, with_data=False)
+                        if sealed and opens(obj):
+                            obj = decode(ref_kind, body, self._sealed_event(db, revision, seq))
+                            size += sealed
+                        last = changes[-1]
+                        changes[-1] = dataclasses.replace(last, related=(*last.related, obj))
+                    continue
+                change = Change(
+                    revision,
+                    kind,
+                    event_type,
+                    decode(kind, body, None, with_data=False),
+                    None if prev is None else cast(Resource, KINDS[kind].message.FromString(prev)),
+                )
+                kept = relevant(change)
+                if kept:
+                    if sealed and opens(change.obj):
+                        change = dataclasses.replace(
+                            change, obj=decode(kind, body, self._sealed_event(db, revision, seq))
+                        )
+                        size += sealed
+                    changes.append(change)
+            rows.close()
+        return compact, changes, reached
+
+    @staticmethod
+    def _sealed_event(db: sqlite_utils.Database, revision: int, seq: int) -> bytes:
+        return db.execute("SELECT sealed FROM events WHERE revision=? AND seq=?", (revision, seq)).fetchone()[0]
 
     async def compact(self, *, keep_seconds: float, keep_events: int, max_rows: int = 5000) -> int:
         """Forgets history that is both older than `keep_seconds` and beyond the

@@ -14,7 +14,7 @@ are taken from the changes' `related` states, recorded with the commit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from itertools import groupby
 
 from satchel.v1 import workload_pb2
@@ -22,10 +22,15 @@ from satchel.v1 import workload_pb2
 from ..auth import Before, NodeBindings, NodeGraph, binding_of, undo_accounts, update_accounts
 from ..errors import OutOfRange
 from ..model import BINDING_KINDS, SECRETS, WORKLOADS, Key, Resource, kind_name
-from ..store import Change, Store
+from ..store import Change, Reading, Store
 from ._view import ADDED, DELETED, MODIFIED, SYNCED, View, encode
 
-HISTORY_CHUNK = 1000  # revisions read from history at a time
+# An initial part is read and sent in chunks: of about this many bytes (less if
+# the stream's buffer is small), rows looked at, or keys read.
+CHUNK_BYTES = 1024 * 1024
+CHUNK_ROWS = 1000
+CHUNK_KEYS = 256
+Chunk = list[tuple[int, bytes]]  # (revision, serialized event)
 
 
 def key_of(obj: Resource) -> Key:
@@ -119,39 +124,53 @@ class NodeStart:
         self.revision = revision
 
 
-async def initial(store: Store, view: View, start: NodeStart) -> AsyncIterator[tuple[int, bytes]]:
-    """The node's view at one revision R as ADDED, then SYNCED{R}. The objects are
-    read at whatever revision R the store is at by then; that is the view at R
-    if no commit in between changed what the node binds, else it reads again
-    from a later start."""
+async def initial(
+    store: Store, view: View, start: NodeStart, hold: Callable[[Reading], None], chunk_bytes: int = CHUNK_BYTES
+) -> AsyncGenerator[Chunk, None]:
+    """The node's view at one revision R as ADDED, then SYNCED{R}, read in
+    chunks from one store reading. R is the reading's revision; that is the
+    view at R if no commit between the start and R changed what the node
+    binds, else it reads again from a later start."""
     nb, at = start.bindings, start.revision
     # A copy of start.accounts, made once the bindings must move on.
     accounts: dict[tuple[str, str], frozenset[str]] | None = None
     while True:
-        keys = [k for k in nb.refs if k[0] == view.kind]
-        revision, objects = await store.read(view.kind, keys, with_data=True)
-        if revision == at:
-            break
-        compact, binding = await store.history(BINDING_KINDS, at, revision, _all, False)
-        moved = compact > at
-        if accounts is None:
-            accounts = dict(start.accounts)
-        for group in by_revision(binding):
-            before: Before = {}
-            for change in group:
-                update_accounts(accounts, change)
-                nb.apply(change, accounts, before)
-            moved = moved or any(k[0] == view.kind and was != nb.binds(k) for k, was in before.items())
-        if not moved:
-            break
-        at = revision  # read the view as it stands at `revision`, now that the bindings are known there
-    for obj in objects:
-        if view.asked_for(obj):
-            yield revision, encode_event(view, ADDED, revision, obj)
-    yield revision, encode(view.kind, SYNCED, revision)
+        keys = sorted(k for k in nb.refs if k[0] == view.kind)
+        async with store.reading() as reading:
+            hold(reading)
+            revision = reading.revision
+            if revision != at:
+                compact, binding = await store.history(BINDING_KINDS, at, revision, _all, False)
+                moved = compact > at
+                if accounts is None:
+                    accounts = dict(start.accounts)
+                for group in by_revision(binding):
+                    before: Before = {}
+                    for change in group:
+                        update_accounts(accounts, change)
+                        nb.apply(change, accounts, before)
+                    moved = moved or any(k[0] == view.kind and was != nb.binds(k) for k, was in before.items())
+                del binding
+                if moved:
+                    at = revision  # read the view as it stands at `revision`, now that the bindings are known there
+                    continue
+            done = 0
+            while done < len(keys):
+                objects, read = await reading.keys(
+                    view.kind, keys[done : done + CHUNK_KEYS], with_data=True, max_bytes=chunk_bytes
+                )
+                done += read
+                chunk = [(revision, encode_event(view, ADDED, revision, obj)) for obj in objects if view.asked_for(obj)]
+                del objects
+                if chunk:
+                    yield chunk
+        yield [(revision, encode(view.kind, SYNCED, revision))]
+        return
 
 
-async def replay(store: Store, view: View, start: NodeStart, since: int) -> AsyncIterator[tuple[int, bytes]]:
+async def replay(
+    store: Store, view: View, start: NodeStart, since: int, chunk_bytes: int = CHUNK_BYTES
+) -> AsyncGenerator[Chunk, None]:
     """The node view's events in revisions (since, start.revision], the same a
     stream open since `since` saw."""
     node, upto = start.bindings.node, start.revision
@@ -188,10 +207,12 @@ async def replay(store: Store, view: View, start: NodeStart, since: int) -> Asyn
     kinds = tuple(dict.fromkeys((view.kind, *BINDING_KINDS)))
     after = since
     while after < upto:
-        last = min(upto, after + HISTORY_CHUNK)
-        compact, changes = await store.history(kinds, after, last, relevant, opens, related=True)
+        compact, changes, reached = await store.history_chunk(
+            kinds, after, upto, relevant, opens, max_bytes=chunk_bytes, related=True
+        )
         if after < compact:
             raise compacted(after, compact)
+        chunk: Chunk = []
         for group in by_revision(changes):
             before = {}
             for change in group:
@@ -199,8 +220,11 @@ async def replay(store: Store, view: View, start: NodeStart, since: int) -> Asyn
                 nb.apply(change, accounts, before)
             digest = Digest(group)
             for event_type, obj in view_changes(view, nb, before, digest):
-                yield digest.revision, encode_event(view, event_type, digest.revision, obj)
-        after = last
+                chunk.append((digest.revision, encode_event(view, event_type, digest.revision, obj)))
+        del changes
+        if chunk:
+            yield chunk
+        after = reached
 
 
 def _all(_change: Change) -> bool:

@@ -8,24 +8,37 @@ grouped by node: the hub first moves the node graph through the commit (it is
 the graph's one feed), then asks only the nodes the commit reaches. Each
 stream has a bounded buffer; the hub never waits for a stream, and one that
 falls behind is cut off with RESOURCE_EXHAUSTED and resumes from its last
-revision.
+revision. A stream's initial part (snapshot or replay) is read from the store in
+chunks, each counted against that buffer while it is sent, a bounded number of
+streams at a time (`InitialReads`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
 from ..auth import Before, NodeBindings, NodeGraph, Principal, Scope
 from ..errors import PermissionDenied, SatchelError, Unavailable
 from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, Requirement
-from ..store import Change, Store
+from ..store import Change, Cursor, Reading, Store
 from . import _bindings
-from ._bindings import Digest, NodeStart, by_revision, compacted, encode_event, view_changes
+from ._bindings import (
+    CHUNK_BYTES,
+    CHUNK_ROWS,
+    Chunk,
+    Digest,
+    NodeStart,
+    by_revision,
+    compacted,
+    encode_event,
+    view_changes,
+)
+from ._initial import InitialReads, Turn
 from ._subscription import Subscription
 from ._view import ADDED, BOOKMARK, SYNCED, View, encode
 
-_HISTORY_CHUNK = _bindings.HISTORY_CHUNK
 Groups = dict[View, set[Subscription]]
 
 
@@ -38,11 +51,16 @@ class WatchHub:
         bookmark_interval: float = 10.0,
         buffer_events: int = 10_000,
         buffer_bytes: int = 16 * 1024 * 1024,
+        initial_reads: int = 16,
+        initial_stall: float = 30.0,
     ) -> None:
         self._store = store
         self._graph = graph if graph is not None else NodeGraph()
         self.bookmark_interval = bookmark_interval
         self._limits = (buffer_events, buffer_bytes)
+        # A chunk of an initial part fits in the buffer beside live events.
+        self._chunk_bytes = min(CHUNK_BYTES, max(1, buffer_bytes // 4))
+        self.initials = InitialReads(initial_reads, initial_stall)
         # kind -> view -> subscriptions with that view
         self._groups: dict[str, Groups] = {k: {} for k in KINDS}
         # node -> view -> subscriptions: views that follow that node's bindings
@@ -225,23 +243,44 @@ class WatchHub:
         start = NodeStart(self._graph, view.scope.node, sub.floor) if view.follows_bindings and replays else None
         loop = asyncio.get_running_loop()
         try:
-            initial: AsyncIterator[tuple[int, bytes]]
-            if send_initial:
-                initial = self._initial(view) if start is None else _bindings.initial(self._store, view, start)
-            elif since_revision:
-                if start is None:
-                    initial = self._replay(view, since_revision, upto=sub.floor)
+            async with contextlib.AsyncExitStack() as stack:
+                initial: AsyncGenerator[Chunk, None]
+                if send_initial or since_revision:
+                    turn = await stack.enter_async_context(self.initials.turn(sub))
+                    hold = _holder(turn)
+                    sub.check()  # cut off while it waited its turn
+                    if send_initial:
+                        initial = (
+                            self._initial(view, hold)
+                            if start is None
+                            else _bindings.initial(self._store, view, start, hold, self._chunk_bytes)
+                        )
+                    else:
+                        if start is None:
+                            initial = self._replay(view, since_revision, upto=sub.floor)
+                        else:
+                            initial = _bindings.replay(self._store, view, start, since_revision, self._chunk_bytes)
+                        sub.floor = max(sub.floor, since_revision)  # committed but not yet published
                 else:
-                    initial = _bindings.replay(self._store, view, start, since_revision)
-                sub.floor = max(sub.floor, since_revision)  # committed but not yet published
-            else:
-                initial = self._now(view, sub.floor)
-            async for revision, payload in initial:
-                sub.floor = max(sub.floor, revision)
-                sub.last_revision = revision
-                yield payload
+                    turn = None
+                    initial = self._now(view, sub.floor)
+                initial = await stack.enter_async_context(contextlib.aclosing(initial))
+                async for chunk in initial:
+                    sub.hold(sum(len(payload) for _, payload in chunk))
+                    for revision, payload in chunk:
+                        sub.check()
+                        sub.floor = max(sub.floor, revision)
+                        sub.last_revision = revision
+                        if turn is not None:
+                            turn.sending_since = loop.time()
+                        yield payload
+                        if turn is not None:
+                            turn.sending_since = None
+                        sub.sent(len(payload))
+                    del chunk
+                    sub.check()  # before the next chunk is read: a stream cut off reads no more
             # The live tail needs neither: an idle stream must not keep its node's bindings as they started.
-            del initial, start
+            del initial, start, turn
             while True:
                 revision, payload, bookmark = await sub.next()
                 if revision <= sub.floor and not bookmark:
@@ -254,34 +293,67 @@ class WatchHub:
         finally:
             self._unsubscribe(sub)
 
-    async def _now(self, view: View, revision: int) -> AsyncIterator[tuple[int, bytes]]:
+    async def _now(self, view: View, revision: int) -> AsyncGenerator[Chunk, None]:
         """A watch "from now" starts with BOOKMARK{now}, so that its client knows
         where to resume even if the stream breaks before any change."""
-        yield revision, encode(view.kind, BOOKMARK, revision)
+        yield [(revision, encode(view.kind, BOOKMARK, revision))]
 
-    async def _initial(self, view: View) -> AsyncIterator[tuple[int, bytes]]:
+    async def _initial(self, view: View, hold: Callable[[Reading], None]) -> AsyncGenerator[Chunk, None]:
+        """Every object of the view at one revision, read by cursor in one read
+        transaction, a chunk at a time; data opened only where the view shows it."""
         scope = view.scope
-        revision, objects = await self._store.snapshot(view.kind, view.matches, view.kind == SECRETS)
-        for obj in objects:
-            yield revision, encode(view.kind, ADDED, revision, obj, scope.shows_data(obj))
-        yield revision, encode(view.kind, SYNCED, revision)
+        opens = scope.shows_data if view.kind == SECRETS else _never
+        async with self._store.reading() as reading:
+            hold(reading)
+            revision = reading.revision
+            after: Cursor | None = ("", "")
+            while after is not None:
+                objects, after = await reading.objects(
+                    view.kind,
+                    namespace=view.namespace,
+                    after=after,
+                    match=view.matches,
+                    opens=opens,
+                    max_rows=CHUNK_ROWS,
+                    max_bytes=self._chunk_bytes,
+                )
+                chunk = [(revision, encode(view.kind, ADDED, revision, obj, opens(obj))) for obj in objects]
+                del objects  # while the chunk is sent, only its serialized events are held
+                if chunk:
+                    yield chunk
+        yield [(revision, encode(view.kind, SYNCED, revision))]
 
-    async def _replay(self, view: View, since: int, *, upto: int) -> AsyncIterator[tuple[int, bytes]]:
+    async def _replay(self, view: View, since: int, *, upto: int) -> AsyncGenerator[Chunk, None]:
         after = since
         scope = view.scope
         while after < upto:
-            last = min(upto, after + _HISTORY_CHUNK)
-            compact, changes = await self._store.history(view.kind, after, last, _has_event_for(view), scope.shows_data)
+            compact, changes, reached = await self._store.history_chunk(
+                view.kind, after, upto, _has_event_for(view), scope.shows_data, max_bytes=self._chunk_bytes
+            )
             if after < compact:  # events after `after` are gone; those up to it were sent
                 raise compacted(after, compact)
+            chunk: Chunk = []
             for change in changes:
                 event_type = view.event_for(change)
                 if event_type is not None:
-                    yield (
-                        change.revision,
-                        encode(view.kind, event_type, change.revision, change.obj, scope.shows_data(change.obj)),
+                    obj = change.obj
+                    chunk.append(
+                        (change.revision, encode(view.kind, event_type, change.revision, obj, scope.shows_data(obj)))
                     )
-            after = last
+            del changes
+            if chunk:
+                yield chunk
+            after = reached
+
+
+def _holder(turn: Turn) -> Callable[[Reading], None]:
+    """What an initial part calls with each store reading it opens: the turn
+    closes it if the stream is cut off before the reading's context exits."""
+    return lambda reading: turn.on_end(reading.close)
+
+
+def _never(_obj: object) -> bool:
+    return False
 
 
 def _has_event_for(view: View) -> Callable[[Change], bool]:

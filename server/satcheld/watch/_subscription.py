@@ -1,5 +1,6 @@
 """One Watch stream's bounded buffer: the hub pushes and never waits; a stream
-that falls behind is cut off, its buffer freed, and resumes from its last revision."""
+that falls behind is cut off, its buffer freed, and resumes from its last revision.
+The chunk of its initial part being sent counts against the same budget."""
 
 from __future__ import annotations
 
@@ -46,17 +47,39 @@ class Subscription:
             return
         max_events, max_bytes = self._limits
         if len(self._items) >= max_events or self._bytes + len(payload) > max_bytes:
-            self.fail(
-                ResourceExhausted(
-                    "the watch fell behind its buffer and was cut off; resume from the last revision received",
-                    reason="WATCH_BUFFER_OVERFLOW",
-                    metadata={"last_revision": str(self.last_revision)},
-                )
-            )
+            self.fail(self.overflow())
             return
         self._items.append((revision, payload, bookmark))
         self._bytes += len(payload)
         self._wake()
+
+    def overflow(self, why: str = "the watch fell behind its buffer") -> ResourceExhausted:
+        return ResourceExhausted(
+            f"{why} and was cut off; resume from the last revision received",
+            reason="WATCH_BUFFER_OVERFLOW",
+            metadata={"last_revision": str(self.last_revision)},
+        )
+
+    def hold(self, size: int) -> None:
+        """Counts a chunk of the initial part, read but not yet sent, against the
+        buffer's bytes: the live events queued meanwhile and it share one budget
+        (the count of events bounds the live queue alone)."""
+        if self._failure is not None:
+            return
+        if self._bytes + size > self._limits[1]:
+            self.fail(self.overflow())
+            return
+        self._bytes += size
+
+    def sent(self, size: int) -> None:
+        """A held event of `size` bytes has gone to the stream."""
+        if self._failure is None:
+            self._bytes -= size
+
+    def check(self) -> None:
+        """Raises the error the stream was cut off with, if it was."""
+        if self._failure is not None:
+            raise self._failure
 
     def fail(self, error: SatchelError) -> None:
         """Ends the stream with `error` once it asks for its next event; frees the buffer."""
