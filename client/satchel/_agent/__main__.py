@@ -1,0 +1,7 @@
+"""`python -m satchel._agent`: the same as the `satchel-agent` command (handy under a profiler)."""
+
+import sys
+
+from satchel._agent._cli import main
+
+sys.exit(main())
