@@ -16,15 +16,19 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import secure_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kinds import SECRETS
 from test_serve import satcheld
+from watchkit import MODIFIED, Watcher, check_stream, running
 
 import satchel.pki
+from satchel import AsyncClient
 from satchel.v1 import secret_pb2, secret_pb2_grpc, workload_pb2, workload_pb2_grpc
 from satcheld.auth import NODE, Principal
 
@@ -240,3 +244,50 @@ async def test_a_cancelled_stream_ends_its_handler_with_the_cancellation(server,
         await channel.close()
     assert server.hub.streams() == 0
     assert server.quota.open(Principal(NODE, "n1")) == 0
+
+
+# -- connections replaced at their maximum age ---------------------------------------------------
+
+
+def _watch_starts(audit_log: Path, method: str) -> int:
+    with audit_log.open() as f:
+        return sum(1 for line in f if (r := json.loads(line))["method"] == method and r["stage"] == "started")
+
+
+async def test_a_watch_survives_its_connection_being_replaced_without_losing_or_repeating_events(pki, tmp_path) -> None:
+    """At the maximum age grpc sends GOAWAY; after the grace it closes the connection, and
+    the streams still open end UNAVAILABLE: the client's watch resumes from its last
+    revision on a new connection. Writes go on throughout, until the watch has been
+    cut over at least twice."""
+    async with running(
+        pki,
+        tmp_path / "data",
+        max_connection_age=timedelta(seconds=1),
+        max_connection_age_grace=timedelta(milliseconds=500),
+    ) as server:
+        writer, reader = (
+            AsyncClient(server=server.address, ca=pki.ca, cert=pki.admin.cert, key=pki.admin.key) for _ in range(2)
+        )
+        try:
+            created = await writer.create_secret("s", data={"n": b"0"})
+            consumer = Watcher.consume(reader.watch_secrets(since_revision=created.metadata.resource_version), SECRETS)
+            written = []
+            method = "/satchel.v1.SecretService/WatchSecrets"
+            deadline = time.monotonic() + WAIT
+            while _watch_starts(server.config.audit_log, method) < 3:  # the first stream and two resumes
+                assert time.monotonic() < deadline, "the watch was not cut over twice"
+                updated = await writer.update_secret("s", data={"n": str(len(written) + 1).encode()})
+                written.append(updated.metadata.resource_version)
+                await consumer.reach(updated.metadata.resource_version)
+            await consumer.close()
+        finally:
+            await writer.close()
+            await reader.close()
+
+    events = consumer.object_events()
+    assert [e.revision for e in events] == written, "each write seen once, in order"
+    assert all(e.type == MODIFIED for e in events)
+    check_stream(consumer.events, "cut over")
+    # The server saw each cut as a cancel (its connection went away); the client, as UNAVAILABLE,
+    # the one error after which it resumes rather than gives up.
+    assert _watch_starts(server.config.audit_log, method) >= 3
