@@ -295,4 +295,4 @@ def test_the_defaults_are_those_documented(monkeypatch) -> None:
         args.max_connection_idle,
         args.max_connection_age,
         args.max_connection_age_grace,
-    ) == (16, 100, 4096, 32, timedelta(minutes=15), timedelta(hours=1), timedelta(minutes=5))
+    ) == (16, 1024, 4096, 32, timedelta(minutes=15), timedelta(hours=1), timedelta(minutes=5))

@@ -136,7 +136,7 @@ def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
     limits = serve.add_argument_group("limits")
     for flag, default, what in (
         ("max_watch_streams_per_principal", "16", "Watch streams one principal may hold open (admins exempt)"),
-        ("max_streams_per_connection", "100", "streams one connection may have open; further calls wait"),
+        ("max_streams_per_connection", "1024", "streams one connection may have open; further calls wait"),
         ("max_selector_length", "4096", "characters of a label selector"),
         ("max_selector_terms", "32", "requirements of a label selector"),
     ):

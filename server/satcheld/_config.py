@@ -46,7 +46,7 @@ class ServerConfig:
     max_watch_streams_per_principal: int = 16  # admins are exempt
     max_selector_length: int = 4096  # characters of a label selector
     max_selector_terms: int = 32  # requirements of a label selector
-    max_streams_per_connection: int = 100  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: further calls wait
+    max_streams_per_connection: int = 1024  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: further calls wait
     # Connections: closed when idle (no call) this long; told to go away (GOAWAY) at this age,
     # give or take grpc's 10% jitter, and closed this long after, streams still open ending
     # UNAVAILABLE (watches resume from their last revision on a new connection). None: never.
