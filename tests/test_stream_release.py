@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import inspect
 import json
 import logging
 import sys
@@ -30,10 +32,11 @@ from watchkit import MODIFIED, Watcher, check_stream, running
 import satchel.pki
 from satchel import AsyncClient
 from satchel.v1 import secret_pb2, secret_pb2_grpc, workload_pb2, workload_pb2_grpc
-from satcheld.auth import NODE, Principal
+from satcheld.auth import NODE, USER, Principal
 
 WAIT = 30.0  # seconds: the bound for what should happen at once, on a loaded machine
 CHANNELS = 4
+ALICE = Principal(USER, "alice")
 BATCH = 250  # streams open at once
 
 
@@ -292,3 +295,55 @@ async def test_a_watch_survives_its_connection_being_replaced_without_losing_or_
     # The server saw each cut as a cancel (its connection went away); the client, as UNAVAILABLE,
     # the one error after which it resumes rather than gives up.
     assert _watch_starts(server.config.audit_log, method) >= 3
+
+
+# -- a stream cancelled while its response waits to be sent ---------------------------------------
+
+
+def _handlers_waiting_to_send() -> int:
+    """Streams whose guard (api/_guard.py) is suspended at a `yield`, not at an await:
+    grpc holds its response and waits for the reader's flow-control window."""
+    return sum(
+        1
+        for o in gc.get_objects()
+        if inspect.isasyncgen(o) and o.__name__ == "guarded" and o.ag_frame is not None and o.ag_await is None
+    )
+
+
+async def test_a_stream_cancelled_while_its_reader_stalls_is_let_go_at_once(pki, tmp_path) -> None:
+    """grpc drops, without closing it, a handler whose call is cancelled while it waits
+    to send: unless the guard lets it go when the call ends, it holds its subscription,
+    buffer and quota slot until a garbage collection happens to find it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "policy.yaml").write_text(
+        "admins: [admin]\n"
+        "rules:\n"
+        '  - {subjects: ["user:alice"], namespaces: [big], resources: [secrets], verbs: [watch, read-data]}\n'
+    )
+    async with running(pki, data) as server:
+        admin, alice = (secure_channel(server.address, pki, who) for who in (pki.admin, pki.alice))
+        try:
+            secrets = secret_pb2_grpc.SecretServiceStub(admin)
+            for i in range(16):  # 14 MiB: more than grpc's windows let through unread
+                secret = SECRETS.make(f"s{i}", namespace="big", data={"k": bytes([i + 1]) * 900_000})
+                await secrets.CreateSecret(secret_pb2.CreateSecretRequest(secret=secret))
+            call = secret_pb2_grpc.SecretServiceStub(alice).WatchSecrets(
+                secret_pb2.WatchSecretsRequest(namespace="big", send_initial=True)
+            )
+            assert await asyncio.wait_for(call.read(), WAIT) is not grpc.aio.EOF  # then it reads no more
+            await _until(lambda: _handlers_waiting_to_send() == 1, "the stream waiting to send")
+            assert server.quota.open(ALICE) == 1
+
+            call.cancel()
+            await _until(lambda: server.quota.open(ALICE) == 0 and server.hub.streams() == 0, "the stream let go")
+            await _until(lambda: _completed(server.config.audit_log) == ["CANCELLED"], "its end recorded")
+        finally:
+            await admin.close()
+            await alice.close()
+    assert _completed(server.config.audit_log) == ["CANCELLED"], "recorded once"
+
+
+def _completed(audit_log: Path) -> list[str]:
+    records = map(json.loads, audit_log.read_text().splitlines())
+    return [r["code"] for r in records if r["method"].endswith("/WatchSecrets") and r["stage"] == "completed"]
