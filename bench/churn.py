@@ -16,16 +16,8 @@ import tempfile
 import time
 
 import _harness as h
-import grpc
 
 from satchel.v1 import workload_pb2, workload_pb2_grpc
-
-
-def rss_kib(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise SystemExit(f"no VmRSS for process {pid}")
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -50,15 +42,15 @@ async def churn(stubs: list[workload_pb2_grpc.WorkloadServiceStub], n: int, batc
 
 async def bench(address: str, certs: pathlib.Path, pid: int, rounds: int, streams: int, batch: int) -> None:
     key, (chain,) = h.node_identities(certs, ["bench-node"])
-    channels = [grpc.aio.secure_channel(address, h.node_credentials(certs, key, chain)) for _ in range(4)]
+    channels = [h.own_channel(address, h.node_credentials(certs, key, chain)) for _ in range(4)]
     try:
         stubs = [workload_pb2_grpc.WorkloadServiceStub(ch) for ch in channels]
-        print(f"RSS at start: {rss_kib(pid)} KiB")
+        print(f"RSS at start: {h.rss_kib(pid)} KiB")
         points = []
         for r in range(1, rounds + 1):
             began = time.monotonic()
             await churn(stubs, streams, batch)
-            rss = rss_kib(pid)
+            rss = h.rss_kib(pid)
             print(f"round {r:2}: {r * streams:6} streams, {time.monotonic() - began:5.1f} s, RSS {rss} KiB")
             if r > 1:
                 points.append((r * streams / 1000, rss))
