@@ -294,6 +294,10 @@ async def test_explicit_form_names_a_file_that_is_not_pem(pki, tmp_path, flag: s
         ["--history-events", "abc"],
         ["--max-initial-snapshots", "0"],
         ["--initial-snapshot-stall", "0s"],
+        ["--max-watch-streams-per-principal", "0"],
+        ["--max-selector-terms", "many"],
+        ["--max-connection-age", "soon"],
+        ["--max-connection-age-grace", "-1s"],
     ],
 )
 async def test_watch_tuning_flags_are_checked(tmp_path, args: list[str]) -> None:

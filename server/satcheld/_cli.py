@@ -64,6 +64,13 @@ def _positive_duration(text: str) -> timedelta:
     return value
 
 
+def _duration_or_never(text: str) -> timedelta | None:
+    """A duration; `0s` (or `0`) means never."""
+    if text == "0":
+        return None
+    return _duration(text) or None
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"SATCHEL_{name.upper()}", default)
 
@@ -94,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("initial_snapshot_stall", "30s"),
         help="cut off a Watch stream that takes none of its initial events for this long (default 30s)",
     )
+    _add_limit_flags(serve)
     serve.add_argument("--token-issuer", default=_env("token_issuer", "satchel"), help="tokens' iss (default satchel)")
     serve.add_argument(
         "--token-audience",
@@ -120,6 +128,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="the key file ($SATCHEL_ENCRYPTION_KEY_FILE)",
     )
     return parser
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    """Limits on what one caller may hold, and on connections' lifetimes
+    (docs/architecture.md, "Limits")."""
+    limits = serve.add_argument_group("limits")
+    for flag, default, what in (
+        ("max_watch_streams_per_principal", "16", "Watch streams one principal may hold open (admins exempt)"),
+        ("max_streams_per_connection", "1024", "streams one connection may have open; further calls wait"),
+        ("max_selector_length", "4096", "characters of a label selector"),
+        ("max_selector_terms", "32", "requirements of a label selector"),
+    ):
+        limits.add_argument(
+            f"--{flag.replace('_', '-')}",
+            type=_positive_int,
+            default=_env(flag, default),
+            help=f"{what} (default {default})",
+        )
+    for flag, default, what in (
+        ("max_connection_idle", "15m", "close a connection with no call for this long"),
+        ("max_connection_age", "1h", "replace a connection this old (GOAWAY; grpc adds 10%% jitter)"),
+    ):
+        limits.add_argument(
+            f"--{flag.replace('_', '-')}",
+            type=_duration_or_never,
+            default=_env(flag, default),
+            help=f"{what}; 0s: never (default {default})",
+        )
+    limits.add_argument(
+        "--max-connection-age-grace",
+        type=_duration,
+        default=_env("max_connection_age_grace", "5m"),
+        help="how long calls may go on after a connection's GOAWAY; then it closes, and watches resume"
+        " on a new one (default 5m)",
+    )
+
+
+def _limit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        flag: getattr(args, flag)
+        for flag in (
+            "max_watch_streams_per_principal",
+            "max_streams_per_connection",
+            "max_selector_length",
+            "max_selector_terms",
+            "max_connection_idle",
+            "max_connection_age",
+            "max_connection_age_grace",
+        )
+    }
 
 
 def _token_lifetime(text: str) -> timedelta:
@@ -200,6 +258,7 @@ def _dev_config(args: argparse.Namespace) -> ServerConfig:
         bookmark_interval=args.bookmark_interval,
         **_watch_settings(args),
         **_token_settings(args),
+        **_limit_settings(args),
     )
 
 
@@ -222,6 +281,7 @@ def _explicit_config(args: argparse.Namespace) -> ServerConfig:
         bookmark_interval=args.bookmark_interval,
         **_watch_settings(args),
         **_token_settings(args),
+        **_limit_settings(args),
     )
 
 

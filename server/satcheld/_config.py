@@ -42,6 +42,17 @@ class ServerConfig:
     max_initial_snapshots: int = 16
     # An initial part whose stream takes none of its events for this long is cut off.
     initial_snapshot_stall: timedelta = timedelta(seconds=30)
+    # Limits (docs/architecture.md, "Limits"); a refusal is RESOURCE_EXHAUSTED with an ErrorInfo.
+    max_watch_streams_per_principal: int = 16  # admins are exempt
+    max_selector_length: int = 4096  # characters of a label selector
+    max_selector_terms: int = 32  # requirements of a label selector
+    max_streams_per_connection: int = 1024  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: further calls wait
+    # Connections: closed when idle (no call) this long; told to go away (GOAWAY) at this age,
+    # give or take grpc's 10% jitter, and closed this long after, streams still open ending
+    # UNAVAILABLE (watches resume from their last revision on a new connection). None: never.
+    max_connection_idle: timedelta | None = timedelta(minutes=15)
+    max_connection_age: timedelta | None = timedelta(hours=1)
+    max_connection_age_grace: timedelta = timedelta(minutes=5)
     shutdown_grace: float = 5.0
     extra_options: list[tuple[str, int]] = field(default_factory=list)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from datetime import timedelta
 
 import grpc
 from grpc import aio
@@ -27,8 +28,9 @@ from .api import (
     method_table,
 )
 from .auth import Authorizer, NodeGraph, Policy, PolicyError, Tokens
+from .model import SelectorLimits
 from .store import KeyFileError, KeyRing, SqliteStore
-from .watch import WatchHub
+from .watch import StreamQuota, WatchHub
 
 log = logging.getLogger("satcheld")
 
@@ -67,8 +69,27 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.server.max_pending_requests_hard_limit", 100_000),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Streams one connection may have open at once; a client's further calls wait their turn.
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        *_connection_lifetime(config),
         *config.extra_options,
     ]
+
+
+def _connection_lifetime(config: ServerConfig) -> list[tuple[str, int]]:
+    """Idle connections are closed, and old ones replaced (GOAWAY, then closed
+    after the grace), so that long-lived clients spread over servers added later."""
+    options = []
+    if config.max_connection_idle is not None:
+        options.append(("grpc.max_connection_idle_ms", _ms(config.max_connection_idle)))
+    if config.max_connection_age is not None:
+        options.append(("grpc.max_connection_age_ms", _ms(config.max_connection_age)))
+        options.append(("grpc.max_connection_age_grace_ms", _ms(config.max_connection_age_grace)))
+    return options
+
+
+def _ms(duration: timedelta) -> int:
+    return max(1, round(duration.total_seconds() * 1000))
 
 
 class Server:
@@ -85,6 +106,7 @@ class Server:
         self._authorizer: Authorizer | None = None
         self.tokens: Tokens | None = None
         self._health = HealthService()
+        self.quota = StreamQuota(config.max_watch_streams_per_principal)
         self.address = ""
 
     def _credentials(self, authority: CertificateAuthority) -> grpc.ServerCredentials:
@@ -122,6 +144,17 @@ class Server:
             raise ConfigError("--max-initial-snapshots must be at least 1, --initial-snapshot-stall above 0")
         if c.token_lifetime.total_seconds() < 1 or not c.token_issuer or not c.token_audience:
             raise ConfigError("--token-lifetime must be at least 1s; --token-issuer and --token-audience not empty")
+        limits = (
+            c.max_watch_streams_per_principal,
+            c.max_selector_length,
+            c.max_selector_terms,
+            c.max_streams_per_connection,
+        )
+        if min(limits) < 1:
+            raise ConfigError(
+                "--max-watch-streams-per-principal, --max-selector-length, --max-selector-terms and"
+                " --max-streams-per-connection must be at least 1"
+            )
         authority = self._authority()
         credentials = self._credentials(authority)
         ca_cert = read_certificates(c.ca_cert, "CA certificate")
@@ -163,7 +196,16 @@ class Server:
         )
         token_secrets = TokenSecrets(tokens, ca_cert, c.trust_domain)
         page_tokens = PageTokens(keyring.derive("page-token"))
-        crud = Crud(self._store, self.hub, authorizer, page_tokens, c.trust_domain, token_secrets)
+        crud = Crud(
+            self._store,
+            self.hub,
+            authorizer,
+            page_tokens,
+            c.trust_domain,
+            token_secrets,
+            quota=self.quota,
+            selector_limits=SelectorLimits(c.max_selector_length, c.max_selector_terms),
+        )
         self.rotator = Rotator(self._store, crud)
         await self.rotator.load()
         methods = method_table(crud, Guard(self._audit, c.trust_domain, tokens), self._health, authority)

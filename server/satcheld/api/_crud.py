@@ -23,9 +23,9 @@ from ..errors import (
     NotFound,
     PermissionDenied,
 )
-from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, LabelSelector, R, Violations, shown
+from ..model import KINDS, SECRETS, SERVICE_ACCOUNTS, LabelSelector, R, SelectorLimits, Violations, shown
 from ..store import Store, Transaction
-from ..watch import View, WatchHub
+from ..watch import StreamQuota, View, WatchHub
 from . import _guard
 from ._get_cache import GetCache
 from ._paging import MAX_PAGE_BYTES, PageTokens, page_size
@@ -45,6 +45,9 @@ class Crud:
         page_tokens: PageTokens,
         trust_domain: str,
         token_secrets: TokenSecrets,
+        *,
+        quota: StreamQuota,
+        selector_limits: SelectorLimits,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -52,6 +55,8 @@ class Crud:
         self._page_tokens = page_tokens
         self.trust_domain = trust_domain
         self.token_secrets = token_secrets
+        self.quota = quota
+        self.selector_limits = selector_limits
         self._get_cache = GetCache()
         store.add_listener(self._get_cache.forget)
 
@@ -140,6 +145,7 @@ class Crud:
         and the revision the page was read at."""
         namespace = request.namespace
         scope = self.authorize_scope("list", kind, namespace)
+        self.selector_limits.check(request.label_selector)
         query = (kind, namespace, request.label_selector)
         v = Violations()
         if namespace:
@@ -278,6 +284,7 @@ class Crud:
         generator frames as possible on its way out."""
         namespace = request.namespace
         scope = self.authorize_scope("watch", kind, namespace)
+        self.selector_limits.check(request.label_selector)
         v = Violations()
         if namespace:
             v.collect(model.check_namespace_and_name, namespace)
@@ -294,7 +301,12 @@ class Crud:
         v.raise_if_any()
         assert selector is not None
         view = View(kind, namespace, selector, scope)
-        return self.hub.stream(view, since_revision=since, send_initial=request.send_initial, owner=_guard.principal())
+        principal = _guard.principal()
+        # Last, with nothing awaited from here until the stream takes its slot.
+        slot = self.quota.reserve(principal, exempt=self.authorizer.is_admin(principal))
+        return self.hub.stream(
+            view, since_revision=since, send_initial=request.send_initial, owner=principal, slot=slot
+        )
 
     async def delete(self, kind: str, namespace: str, name: str, etag: str) -> None:
         namespace = model.namespace_or_default(namespace)

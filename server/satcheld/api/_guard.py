@@ -152,14 +152,29 @@ class Guard:
                 # A call cancelled while grpc waits to send leaves this generator
                 # and `responses` suspended at a yield until the garbage collector
                 # finds them; closing `responses` when the call ends lets go at once
-                # of what it holds (a Watch's subscription, its initial part's turn
-                # in the hub and its read transaction).
-                context.add_done_callback(cast(Any, lambda _context: _close_later(responses)))
+                # of what it holds (a Watch's subscription, its quota slot, its
+                # initial part's turn in the hub and its read transaction). Such a
+                # call's end is recorded then too, not whenever the collector comes.
+                ended = False
+
+                def let_go(_: Context) -> None:
+                    nonlocal ended
+                    if not ended:
+                        ended = True
+                        req.reason = req.reason or "cancelled"
+                        audit.write(req, grpc.StatusCode.CANCELLED)
+                    _close_later(responses)
+
+                context.add_done_callback(cast(Any, let_go))  # the stubs want a class where any callable does
                 try:
                     async for response in responses:
                         yield response
                 except BaseException as e:
+                    if ended:  # let go and recorded already; only the generator itself is left
+                        raise
+                    ended = True
                     await _fail(e, context, req, audit)
+                ended = True
                 if not audit.write(req, ok):  # grpc sends the final status once the generator ends
                     await context.abort_with_status(_unrecorded(req))
 

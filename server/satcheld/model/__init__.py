@@ -18,7 +18,7 @@ from ._fields import (
     visible,
 )
 from ._kinds import KINDS, SECRETS, SERVICE_ACCOUNTS, WORKLOADS, Kind, R, Resource, copy_of, kind_name, kind_of
-from ._labels import LabelSelector, Requirement
+from ._labels import LabelSelector, Requirement, SelectorLimits
 from ._references import BINDING_KINDS, Key, binding_changed, references
 from ._rotation import DEFAULT_GRACE, MIN_PERIOD, check_grace_period, grace_of, next_due, rotated
 from ._validation import MAX_OBJECT_BYTES, Violations, is_dns_label, is_dns_subdomain, shown
@@ -42,6 +42,7 @@ __all__ = [
     "R",
     "Requirement",
     "Resource",
+    "SelectorLimits",
     "Violations",
     "apply_mask",
     "binding_changed",

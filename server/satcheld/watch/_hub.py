@@ -36,6 +36,7 @@ from ._bindings import (
     view_changes,
 )
 from ._initial import InitialReads, Turn
+from ._quota import Slot
 from ._subscription import Subscription
 from ._view import ADDED, BOOKMARK, SYNCED, View, encode
 
@@ -229,13 +230,21 @@ class WatchHub:
     # -- one stream -----------------------------------------------------------
 
     async def stream(
-        self, view: View, *, since_revision: int, send_initial: bool, owner: Principal | None = None
+        self,
+        view: View,
+        *,
+        since_revision: int,
+        send_initial: bool,
+        owner: Principal | None = None,
+        slot: Slot | None = None,
     ) -> AsyncIterator[bytes]:
         """The serialized events of one Watch call, in revision order, without
         gaps or duplicates between its initial part and the live tail. The
         request was validated by the caller (`since_revision` is not negative
         and not beyond the committed revision). `owner` is the caller, whose
-        scope a policy reload may change."""
+        scope a policy reload may change; `slot` its place in the quota of
+        streams per principal, held from the stream's first step to its end,
+        however it ends."""
         sub = self._subscribe(view, owner)  # first, so nothing committed from now on is missed
         # A view that follows bindings starts from the graph as it is now, at the
         # subscription's revision: taken before anything awaits.
@@ -243,6 +252,8 @@ class WatchHub:
         start = NodeStart(self._graph, view.scope.node, sub.floor) if view.follows_bindings and replays else None
         loop = asyncio.get_running_loop()
         try:
+            if slot is not None:
+                slot.take()
             async with contextlib.AsyncExitStack() as stack:
                 initial: AsyncGenerator[Chunk, None]
                 if send_initial or since_revision:
@@ -292,6 +303,8 @@ class WatchHub:
                 sub.idle_since = loop.time()
         finally:
             self._unsubscribe(sub)
+            if slot is not None:
+                slot.release()
 
     async def _now(self, view: View, revision: int) -> AsyncGenerator[Chunk, None]:
         """A watch "from now" starts with BOOKMARK{now}, so that its client knows
