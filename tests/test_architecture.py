@@ -53,8 +53,7 @@ def _layered(package: str) -> set[str]:
 
 @pytest.mark.parametrize(("package", "prefix"), [(satcheld, "satcheld"), (satchel._agent, "satchel._agent")])
 def test_every_room_is_a_layer_and_says_what_it_is_for(package: Any, prefix: str) -> None:
-    # `__main__` (python -m) only calls the top room's main(); importing it would run it.
-    rooms = {f"{prefix}.{m.name}" for m in pkgutil.iter_modules(package.__path__) if m.name != "__main__"}
+    rooms = {f"{prefix}.{m.name}" for m in pkgutil.iter_modules(package.__path__)}
     assert rooms == _layered(prefix + "."), f"every module and subpackage of {prefix} belongs to exactly one layer"
     for room in rooms:
         doc = importlib.import_module(room).__doc__
