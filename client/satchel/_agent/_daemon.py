@@ -216,17 +216,18 @@ class Agent:
             self.root.close()
 
     async def _until_synced(self) -> int:
+        waiters = [asyncio.create_task(self._complete.wait()), asyncio.create_task(self._stop.wait())]
         try:
             async with asyncio.timeout(self.config.sync_timeout):
-                waiters = [asyncio.create_task(self._complete.wait()), asyncio.create_task(self._stop.wait())]
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in waiters:
-                    waiter.cancel()
                 await self.hooks.idle()
         except TimeoutError:
             reason = self._failure or self._why_not_synced()
             log.error("not synced within %.0fs: %s", self.config.sync_timeout, reason)
             return 1
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
         if not self._complete.is_set():
             log.error("not synced: %s", self._failure or "stopped")
             return 1
