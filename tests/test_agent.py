@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import stat
 import threading
 import time
@@ -547,3 +548,17 @@ async def test_flags_may_come_from_the_environment(dev, admin, tmp_path) -> None
     a = await start_agent([], env)
     assert await a.exited() == 0, a.log()
     assert mode(tmp_path / "root" / "default" / "web" / "secrets" / "db" / "user") == 0o600
+
+
+async def test_sighup_repairs_the_root_at_once(dev, admin, tmp_path) -> None:
+    await web(admin)
+    root = tmp_path / "root"
+    async with agent(dev, dev.node_identity(NODE), root) as a:
+        await a.wait_for(r"in sync at revision")
+        (root / "planted.txt").write_text("stale")
+        (root / "default" / "web" / "secrets" / "db" / "user").unlink()
+        mark = a.mark()
+        a.proc.send_signal(signal.SIGHUP)
+        await a.wait_for(r"removed stray planted.txt", after=mark)
+        await a.wait_for(r"wrote default/web secret=db version=1 ", after=mark)
+        assert read_leaf(root / "default" / "web" / "secrets" / "db") == {"user": b"app", "password": b"pw-1"}

@@ -185,6 +185,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._resync)  # `systemctl reload`: a pass now
         tasks = [asyncio.create_task(self._follow(feed), name=f"watch {feed.name}") for feed in self.feeds.values()]
         passes = asyncio.create_task(self._passes(), name="reconcile")
         tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
@@ -211,7 +212,7 @@ class Agent:
             await self._write_metrics()
             await self._metrics_file.close()
             await self._state_file.close()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self.root.close()
 
@@ -295,6 +296,10 @@ class Agent:
         if feed.ready:
             return watch(since_revision=feed.revision, on_relist=feed.relist, max_backoff=RECONNECT_CAP)
         return watch(send_initial=True, on_relist=feed.relist, max_backoff=RECONNECT_CAP)
+
+    def _resync(self) -> None:
+        log.info("SIGHUP: checking the whole root now")
+        self._changed()
 
     def _changed(self, received: float | None = None) -> None:
         if received is not None and self._since is None:
