@@ -106,7 +106,19 @@ async def test_file_mode_flag_sets_files_and_lets_the_same_readers_reach_them(de
     assert await a.exited() == 0, a.log()
     db = root / "default" / "web" / "secrets" / "db"
     assert mode(db / "user") == 0o440
-    assert mode(db) == 0o750 and mode(root / "default" / "web") == 0o750
+    assert mode(db) == 0o750 and mode(root / "default" / "web") == 0o750 and mode(root) == 0o750
+
+
+async def test_a_changed_file_mode_reaches_every_directory(dev, admin, tmp_path) -> None:
+    await web(admin)
+    root = tmp_path / "root"
+    for file_mode in ("0400", "0440"):
+        a = await start_agent(agent_args(dev, dev.node_identity(NODE), root, "--once", "--file-mode", file_mode))
+        assert await a.exited() == 0, a.log()
+    db = root / "default" / "web" / "secrets" / "db"
+    for d in (root, root / "default", root / "default" / "web", root / "default" / "web" / "secrets", db):
+        assert mode(d) == 0o750, d
+    assert mode(db / os.readlink(db / "..data")) == 0o750 and mode(db / "user") == 0o440
 
 
 async def test_readers_never_see_a_torn_or_mixed_version_through_200_rotations(dev, admin, tmp_path) -> None:
@@ -333,6 +345,8 @@ async def test_strays_are_removed_and_planted_symlinks_never_followed(dev, admin
     (w / "secrets" / "db").symlink_to(outside)  # a leaf replaced by a way out
     (w / "serviceaccount" / "token").unlink()
     (w / "serviceaccount" / "token").symlink_to(outside / "keep.txt")  # a key's link bent outward
+    shutil.move(root / ".satchel-agent", outside / "state")
+    (root / ".satchel-agent").symlink_to(outside / "state")  # its own state, through a way out
     async with agent(dev, node, root) as a:
         await a.wait_for(r"in sync at revision")
         assert sorted(p.name for p in root.iterdir()) == [".satchel-agent", "default"]
@@ -342,7 +356,10 @@ async def test_strays_are_removed_and_planted_symlinks_never_followed(dev, admin
         assert not (w / "secrets" / "db").is_symlink()
         assert read_leaf(w / "secrets" / "db") == {"user": b"app", "password": b"pw-1"}
         assert os.readlink(w / "serviceaccount" / "token") == "..data/token"
-        assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"], "nothing written or removed outside"
+        assert "starting with a listing" in a.log(), "a state reached through a symlink is not read"
+        assert not (root / ".satchel-agent").is_symlink() and (root / ".satchel-agent" / "state.json").exists()
+        assert sorted(p.name for p in outside.iterdir()) == ["keep.txt", "state"], "nothing written or removed outside"
+        assert sorted(p.name for p in (outside / "state").iterdir()) == ["state.json"]
         assert (outside / "keep.txt").read_text() == "not the agent's"
         for stray in ("junk.txt", "default/web/notes.txt", "prod", "default/web/secrets/evil"):
             assert f"removed stray {stray}" in a.log()
@@ -423,7 +440,7 @@ async def test_the_metrics_file_says_what_is_on_disk(dev, admin, tmp_path) -> No
         updated = await admin.update_secret("db", data={"user": "app", "password": "pw-2"})
         await a.wait_for(r"wrote default/web secret=db version=2 ")
         db = "satchel_agent_secret_version{namespace=default,secret=db,workload=web}"
-        await until(lambda: metric_values(metrics.read_text())[db] == 2, "the metrics file follows")
+        await until(lambda: metric_values(metrics.read_text()).get(db) == 2, "the metrics file follows")
         values = metric_values(metrics.read_text())
         assert values["satchel_agent_last_applied_revision"] >= updated.metadata.resource_version
         assert values["satchel_agent_secret_version{namespace=default,secret=web-token,workload=web}"] == 1
@@ -493,6 +510,51 @@ async def test_once_writes_everything_and_exits_0(dev, admin, tmp_path) -> None:
     assert snapshot(root) == before, "a second --once rewrites nothing"
 
 
+async def test_once_renews_an_expired_certificate_found_on_disk(dev, admin, tmp_path) -> None:
+    await web(admin)
+    root = tmp_path / "root"
+    args = agent_args(dev, dev.node_identity(NODE), root, "--once", "--cert-ttl", "2s")
+    assert await (await start_agent(args)).exited() == 0
+    tls = root / "default" / "web" / "serviceaccount" / "tls.crt"
+    expiry = x509.load_pem_x509_certificate(tls.read_bytes()).not_valid_after_utc
+    await asyncio.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 1.1)  # the scenario: time passes
+    a = await start_agent(args)
+    assert await a.exited() == 0, a.log()
+    assert x509.load_pem_x509_certificate(tls.read_bytes()).not_valid_after_utc > datetime.now(UTC)
+
+
+async def test_once_does_not_wait_for_a_hanging_hook(dev, admin, tmp_path) -> None:
+    await web(admin)
+    args = ("--once", "--on-change", "exec sleep 600", "--hook-timeout", "1s", "--sync-timeout", "20s")
+    a = await start_agent(agent_args(dev, dev.node_identity(NODE), tmp_path / "root", *args))
+    assert await a.exited() == 0, a.log()
+    assert "killed after 1s" in a.log()
+
+
+async def test_the_metrics_file_is_there_while_the_server_never_was(dev, tmp_path) -> None:
+    metrics = tmp_path / "agent.prom"
+    args = agent_args(dev, dev.node_identity(NODE), tmp_path / "root", "--metrics-file", str(metrics))
+    args[1] = f"127.0.0.1:{free_port()}"  # nobody listens there
+    a = await start_agent(args)
+    try:
+        await until(metrics.exists, "the metrics file")
+        assert metric_values(metrics.read_text())["satchel_agent_connected"] == 0
+    finally:
+        assert await a.stop() == 0
+
+
+async def test_a_root_deleted_under_the_agent_is_made_again(dev, admin, tmp_path) -> None:
+    await web(admin)
+    root = tmp_path / "root"
+    async with agent(dev, dev.node_identity(NODE), root) as a:
+        await a.wait_for(r"in sync at revision")
+        shutil.rmtree(root)
+        mark = a.mark()
+        a.proc.send_signal(signal.SIGHUP)
+        await a.wait_for(r"wrote default/web secret=db version=1 ", after=mark)
+        assert read_leaf(root / "default" / "web" / "secrets" / "db")["password"] == b"pw-1"
+
+
 async def test_once_without_a_server_exits_1_with_a_reason(dev, tmp_path) -> None:
     args = agent_args(dev, dev.node_identity(NODE), tmp_path / "root", "--once", "--sync-timeout", "2s")
     args[1] = f"127.0.0.1:{free_port()}"  # nobody listens there
@@ -544,6 +606,7 @@ async def test_flags_may_come_from_the_environment(dev, admin, tmp_path) -> None
         "SATCHEL_ROOT": str(tmp_path / "root"),
         "SATCHEL_ONCE": "1",
         "SATCHEL_FILE_MODE": "0600",
+        "SATCHEL_TOKEN": "not-a-token",  # the agent is its node: a bearer token is ignored
     }
     a = await start_agent([], env)
     assert await a.exited() == 0, a.log()

@@ -176,3 +176,14 @@ def test_leftovers_beside_a_right_version_are_removed_without_a_rewrite(tmp_path
 @pytest.mark.parametrize(("file_mode", "dir_mode"), [(0o400, 0o700), (0o600, 0o700), (0o440, 0o750), (0o444, 0o755)])
 def test_directories_let_through_whoever_may_read_the_files(file_mode: int, dir_mode: int) -> None:
     assert dir_mode_for(file_mode) == dir_mode
+
+
+def test_a_root_that_cannot_be_scanned_is_an_error_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    root = Root(tmp_path, 0o400)
+
+    def unreadable() -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(root, "scan", unreadable)
+    outcome = Reconciler(root).reconcile(tree_of(workload("default", "web", [])))
+    assert outcome.errors == ["cannot scan the root: Permission denied"]

@@ -104,7 +104,8 @@ def configure(args: argparse.Namespace) -> tuple[AgentConfig, ClientConfig]:
     if not args.root:
         raise StartupError("missing --root (or SATCHEL_ROOT): the directory to write")
     try:
-        client = ClientConfig.from_env(server=args.server, ca=args.ca, cert=args.cert, key=args.key)
+        # token="": the agent is its node, never a bearer token's account (SATCHEL_TOKEN is ignored).
+        client = ClientConfig.from_env(server=args.server, ca=args.ca, cert=args.cert, key=args.key, token="")
         client.credentials()  # reads the three files now, so a missing one is a startup error
     except ValueError as e:
         raise StartupError(str(e)) from None

@@ -189,6 +189,7 @@ class Agent:
         tasks = [asyncio.create_task(self._follow(feed), name=f"watch {feed.name}") for feed in self.feeds.values()]
         passes = asyncio.create_task(self._passes(), name="reconcile")
         tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        await self._write_metrics()  # there from the start, saying "not connected" until it is
         if any(feed.ready for feed in self.feeds.values()):
             self._changed()  # resumed: the disk is checked against the saved state at once
         try:
@@ -221,7 +222,6 @@ class Agent:
         try:
             async with asyncio.timeout(self.config.sync_timeout):
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                await self.hooks.idle()
         except TimeoutError:
             reason = self._failure or self._why_not_synced()
             log.error("not synced within %.0fs: %s", self.config.sync_timeout, reason)
@@ -277,9 +277,7 @@ class Agent:
                     attempt = 0
                     if feed.apply(event):
                         self._changed(time.monotonic())
-                    elif event.type == EventType.EVENT_TYPE_BOOKMARK:
-                        self.status.revision = max(self.status.revision, feed.revision)
-            except SatchelError as e:
+            except (SatchelError, ValueError, OSError) as e:  # final errors, or a response it cannot take
                 if self.config.once:
                     self._failure = f"watching {feed.name}: {type(e).__name__}: {e}"
                     self._stop.set()
@@ -295,6 +293,7 @@ class Agent:
         watch: Callable[..., AsyncWatchStream[Any]] = getattr(self.client, _WATCHES[feed.name])
         if feed.ready:
             return watch(since_revision=feed.revision, on_relist=feed.relist, max_backoff=RECONNECT_CAP)
+        feed.listing = {}  # a listing cut short by an error starts over from nothing
         return watch(send_initial=True, on_relist=feed.relist, max_backoff=RECONNECT_CAP)
 
     def _resync(self) -> None:
@@ -337,7 +336,12 @@ class Agent:
             if not all(feed.ready for feed in self.feeds.values()):
                 self._announced = False
                 continue
-            await self._pass()
+            try:
+                await self._pass()
+            except Exception as e:  # a pass must never end the agent's passes for good
+                log.error("pass failed: %s: %s; again in %.1fs", type(e).__name__, e, RETRY_BASE)
+                self._announced = False
+                asyncio.get_running_loop().call_later(RETRY_BASE, self._changed)
 
     async def _pass(self) -> None:
         since, self._since = self._since, None
@@ -347,7 +351,9 @@ class Agent:
         wanted = {key: accounts[key] for key in accounts_needed(self.config.node, workloads) if key in accounts}
         self.credentials.want(wanted)
         rejected = Rejected()
-        tree = desired(self.config.node, workloads, accounts, secrets, dict(self.credentials.issued), rejected)
+        now = time.time()
+        valid = {key: c for key, c in self.credentials.issued.items() if c.expire_time > now}  # else pending
+        tree = desired(self.config.node, workloads, accounts, secrets, valid, rejected)
         revisions = {name: feed.revision for name, feed in self.feeds.items()}  # as of the tree
         revision = max(revisions.values())
         outcome = await asyncio.to_thread(self.reconciler.reconcile, tree)
@@ -362,8 +368,9 @@ class Agent:
             )
         # The metrics first, then the log lines: whoever sees a line finds the metrics current.
         s = self.status
-        s.revision = max(s.revision, revision)
-        s.versions = {(lf.namespace, lf.workload, lf.secret): lf.version for lf in tree.leaves.values()}
+        if not outcome.errors:  # else some of it may not be on disk
+            s.revision = max(s.revision, revision)
+            s.versions = {(lf.namespace, lf.workload, lf.secret): lf.version for lf in tree.leaves.values()}
         s.certificates = {key: c.expire_time for key, c in self.credentials.issued.items()}
         s.connected = self._connected()
         s.writes += len(outcome.written)
@@ -385,8 +392,12 @@ class Agent:
             delay = min(RECONNECT_CAP, RETRY_BASE * 2**self._retries)
             self._retries += 1
             asyncio.get_running_loop().call_later(delay, self._changed)
-        if self.config.once and not outcome.errors and not rejected.reasons and not tree.pending:
-            self._complete.set()
+        if self.config.once and not outcome.errors and not tree.pending:
+            if rejected.reasons:  # nothing will change that: say so now rather than at the deadline
+                self._failure = f"not written: {rejected.reasons[0]}"
+                self._stop.set()
+            else:
+                self._complete.set()
 
     def _report(self, tree: Tree, outcome: Outcome, revision: int, latency: str, rejected: Rejected) -> None:
         """One log line per change (never a value), and the hooks."""

@@ -87,9 +87,27 @@ class Root:
         self.path = path
         self.file_mode = file_mode
         self.dir_mode = dir_mode_for(file_mode)
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # The root itself may be reached through a symlink the operator chose; nothing below it.
-        self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fd = self._open_root()
+
+    def _open_root(self) -> int:
+        """The root's descriptor (made if missing, with the directories' mode). The root itself
+        may be reached through a symlink the operator chose; nothing below it."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        _set_mode(fd, self.dir_mode)
+        return fd
+
+    def _same_root(self) -> None:
+        """Reopen the root when its path no longer leads to the directory held open (deleted,
+        replaced, a filesystem mounted over it): else the agent would write into a ghost."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        held = os.fstat(self._fd)
+        if st is None or (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+            os.close(self._fd)
+            self._fd = self._open_root()
 
     def close(self) -> None:
         os.close(self._fd)
@@ -117,6 +135,9 @@ class Root:
                         raise
                     _remove_entry(fd, name)  # a symlink or a file where a directory belongs
                     fd = self._mkdir(fd, name)
+                else:
+                    if create:
+                        _set_mode(fd, self.dir_mode)  # --file-mode may have changed since
                 fds.append(fd)
             yield fd
         finally:
@@ -228,6 +249,7 @@ class Root:
     def scan(self) -> Disk:
         """Every namespace, workload and leaf directory where the layout puts them; anything
         else (files, symlinks, names the layout cannot hold) is a stray, to be removed."""
+        self._same_root()
         disk = Disk()
         for ns, kind in _entries(self._fd):
             if ns == STATE_DIR and kind == "dir":
@@ -235,15 +257,23 @@ class Root:
             if kind != "dir" or not is_namespace(ns):
                 disk.strays.append((ns,))
                 continue
+            try:
+                with self._dir_at(self._fd, ns) as nsfd:
+                    for name, kind in _entries(nsfd):
+                        if kind != "dir" or not is_name(name):
+                            disk.strays.append((ns, name))
+                            continue
+                        try:
+                            with self._dir_at(nsfd, name) as wfd:
+                                self._scan_workload(disk, wfd, (ns, name))
+                        except OSError:  # unreadable, or gone meanwhile: not ours to trust
+                            disk.strays.append((ns, name))
+                            continue
+                        disk.workloads.add((ns, name))
+            except OSError:
+                disk.strays.append((ns,))
+                continue
             disk.namespaces.add(ns)
-            with self._dir_at(self._fd, ns) as nsfd:
-                for name, kind in _entries(nsfd):
-                    if kind != "dir" or not is_name(name):
-                        disk.strays.append((ns, name))
-                        continue
-                    disk.workloads.add((ns, name))
-                    with self._dir_at(nsfd, name) as wfd:
-                        self._scan_workload(disk, wfd, (ns, name))
         return disk
 
     def _scan_workload(self, disk: Disk, wfd: int, at: Path) -> None:
@@ -257,8 +287,11 @@ class Root:
                         if kind != "dir" or not is_name(secret):
                             disk.strays.append((*at, name, secret))
                             continue
-                        with self._dir_at(sfd, secret) as lfd:
-                            disk.leaves[(*at, name, secret)] = self._scan_leaf(lfd)
+                        try:
+                            with self._dir_at(sfd, secret) as lfd:
+                                disk.leaves[(*at, name, secret)] = self._scan_leaf(lfd)
+                        except OSError:
+                            disk.strays.append((*at, name, secret))
             else:
                 disk.strays.append((*at, name))
 
@@ -272,7 +305,7 @@ class Root:
                 for name, kind in _entries(vfd):
                     mode = os.stat(name, dir_fd=vfd, follow_symlinks=False).st_mode
                     files[name] = kind == "file" and stat.S_IMODE(mode) == self.file_mode
-                dir_ok = stat.S_IMODE(os.fstat(vfd).st_mode) == self.dir_mode
+                dir_ok = stat.S_IMODE(os.fstat(vfd).st_mode) == stat.S_IMODE(os.fstat(lfd).st_mode) == self.dir_mode
         except OSError:
             return LeafOnDisk(None, False)
         links = {}
@@ -320,6 +353,11 @@ def _entries(fd: int) -> list[tuple[str, str]]:
                 kind = "other"
             out.append((entry.name, kind))
     return out
+
+
+def _set_mode(fd: int, mode: int) -> None:
+    if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def _readlink(dir_fd: int, name: str) -> str | None:

@@ -48,7 +48,8 @@ class Hooks:
     def __init__(self, command: str | None, timeout: float, env: Mapping[str, str] | None = None) -> None:
         self._command = command
         self._timeout = timeout
-        self._env = dict(os.environ if env is None else env)
+        # The agent's own environment, but not a bearer token: a hook never acts as anyone by it.
+        self._env = {k: v for k, v in (os.environ if env is None else env).items() if k != "SATCHEL_TOKEN"}
         self._slots = asyncio.Semaphore(CONCURRENT_RUNS)
         self._queued: dict[tuple[str, ...], HookEvent] = {}
         self._running: dict[tuple[str, ...], asyncio.Task[None]] = {}
@@ -82,14 +83,19 @@ class Hooks:
         assert self._command is not None
         what = f"{event.namespace}/{event.workload} {event.secret} version={event.version} ({event.event})"
         self.runs += 1
-        process = await asyncio.create_subprocess_shell(
-            self._command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**self._env, **event.environment()},
-            start_new_session=True,  # its own process group, so a timeout kills all of it
-        )
+        try:
+            process = await asyncio.create_subprocess_shell(
+                self._command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**self._env, **event.environment()},
+                start_new_session=True,  # its own process group, so a timeout kills all of it
+            )
+        except OSError as e:
+            self.failures += 1
+            log.warning("hook for %s could not start: %s", what, e.strerror or e)
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 output, _ = await process.communicate()

@@ -37,7 +37,11 @@ class Reconciler:
 
     def reconcile(self, tree: Tree) -> Outcome:
         out = Outcome()
-        disk = self.root.scan()
+        try:
+            disk = self.root.scan()
+        except OSError as e:
+            out.errors.append(f"cannot scan the root: {e.strerror or e}")
+            return out
         for path in disk.strays:
             self._remove(path, out.strays, out)
         namespaces = {ns for ns, _ in tree.workloads}

@@ -58,7 +58,7 @@ class State:
 
 def save(root: FsPath, state: State) -> None:
     """Write the state atomically (temporary file, fsync, rename), 0600 in a 0700 directory."""
-    directory = root / STATE_DIR
+    directory = _state_dir(root)
     directory.mkdir(mode=0o700, exist_ok=True)
     document = {
         "format": _FORMAT,
@@ -93,7 +93,9 @@ def save(root: FsPath, state: State) -> None:
 def load(root: FsPath, node: str) -> tuple[State | None, str]:
     """The saved state, or None and why not (no file yet, another node's, unreadable)."""
     try:
-        document = json.loads((root / STATE_DIR / STATE_FILE).read_text())
+        fd = os.open(_state_dir(root) / STATE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd) as f:
+            document = json.loads(f.read())
         if document.get("format") != _FORMAT:
             return None, "state.json has an unknown format"
         if document.get("node") != node:
@@ -117,6 +119,14 @@ def load(root: FsPath, node: str) -> tuple[State | None, str]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, json_format.ParseError) as e:
         return None, f"state.json is unreadable ({type(e).__name__})"
     return state, ""
+
+
+def _state_dir(root: FsPath) -> FsPath:
+    """`DIR/.satchel-agent`, never through a symlink: one planted there is removed."""
+    directory = root / STATE_DIR
+    if directory.is_symlink():
+        directory.unlink()
+    return directory
 
 
 def restore(state: State, root: Root) -> str:
