@@ -176,15 +176,18 @@ CALLS = {"List": _list, "Watch": _watch_first}
     "selector, reason, metadata",
     [
         ("a=b," * 262_144, "LABEL_SELECTOR_TOO_LONG", {"max_length": "4096", "length": str(4 * 262_144)}),
+        ("a=b," * 2_000, "LABEL_SELECTOR_TOO_LONG", {"max_length": "4096", "length": str(4 * 2_000)}),
         ("a," * 32 + "a", "LABEL_SELECTOR_TOO_MANY_TERMS", {"max_terms": "32", "terms": "33"}),
     ],
-    ids=["1 MiB", "33 terms"],
+    ids=["1 MiB", "8,000 characters", "33 terms"],
 )
 async def test_an_oversized_selector_is_refused_in_a_short_message(
     admin, call: str, selector: str, reason: str, metadata: dict
 ) -> None:
     f = await failure(CALLS[call](admin, selector), Code.RESOURCE_EXHAUSTED)
 
+    if call == "Watch" and len(selector) > 16 * 1024:  # the whole request is too large to hold, first
+        reason, metadata = "STREAM_REQUEST_TOO_LARGE", {"max_bytes": "16384", "bytes": f.info.metadata["bytes"]}
     assert f.info.reason == reason
     assert dict(f.info.metadata) == metadata
     assert len(f.message) < 100, f.message
@@ -207,6 +210,12 @@ async def test_selectors_at_the_limits_are_served_and_an_invalid_one_names_few_o
         f = await failure(call(admin, worst), Code.INVALID_ARGUMENT)
         assert len(f.violations) == 6 and f.violations[-1][1].startswith("and "), f.violations
         assert sum(len(k) + len(v) for k, v in f.trailers.items()) < 8 * 1024
+    # Characters that JSON escapes (12 bytes for one emoji) count as what they cost.
+    emoji = ",".join(f"{'😀' * 100}/{'😀' * 100}=#" for _ in range(20))
+    assert len(emoji) <= 4096
+    for call in CALLS.values():
+        f = await failure(call(admin, emoji), Code.INVALID_ARGUMENT)
+        assert sum(len(k) + len(v) for k, v in f.trailers.items()) < 6 * 1024
 
 
 # -- streams per connection, request size ---------------------------------------------------------------
@@ -236,6 +245,35 @@ async def test_a_request_over_4_mib_is_refused(admin) -> None:
     # grpc refuses it before any handler runs: its own status, without an ErrorInfo.
     assert e.value.code() == Code.RESOURCE_EXHAUSTED
     assert "larger than max" in (e.value.details() or "")
+
+
+async def test_a_streaming_call_with_an_oversized_request_is_refused_before_it_holds_it(admin) -> None:
+    """A long-lived call keeps what its request made: a Health/Watch's service name, a Watch's
+    unknown fields. Neither may be megabytes (16 KiB at most; a valid Watch needs a few)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    big_health = health_pb2.HealthCheckRequest(service="s" * 100_000)
+    padded = (
+        secret_pb2.WatchSecretsRequest(send_initial=True).SerializeToString()
+        + b"\xfa\x3e"
+        + (
+            b"\x80\x8d\x06" + b"x" * 100_000  # field 999, length-delimited, 100,000 bytes: unknown to the server
+        )
+    )
+    calls = [
+        health_pb2_grpc.HealthStub(admin.channel).Watch(big_health),
+        admin.channel.unary_stream(
+            "/satchel.v1.SecretService/WatchSecrets", request_serializer=None, response_deserializer=None
+        )(padded),
+    ]
+    for call in calls:
+        f = await failure(anext(aiter(call)), Code.RESOURCE_EXHAUSTED)
+        assert f.info.reason == "STREAM_REQUEST_TOO_LARGE" and f.info.metadata["max_bytes"] == "16384"
+        assert len(f.message) < 100, f.message
+    # What a Watch needs is well within it.
+    stream = admin.secrets.WatchSecrets(secret_pb2.WatchSecretsRequest(send_initial=True, label_selector="a=b"))
+    assert (await anext(aiter(stream))).type == meta_pb2.EVENT_TYPE_SYNCED
+    stream.cancel()
 
 
 # -- flags ----------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import grpc
 from grpc import aio
 
 from ..auth import Principal, Tokens, principal_from_certificate
-from ..errors import InvalidArgument, SatchelError, Unauthenticated, Unavailable
+from ..errors import InvalidArgument, ResourceExhausted, SatchelError, Unauthenticated, Unavailable
 from ._audit import STARTED, AuditLog, Request
 from ._status import REQUEST_ID_KEY, Status, internal_status, status_of
 
@@ -140,6 +140,7 @@ class Guard:
                 try:
                     authenticate(req, context, metadata)
                     responses = open_stream(request, context)
+                    request = None  # a long-lived call keeps nothing of its request but what it uses
                     if inspect.isawaitable(responses):  # checks the request, then returns the stream
                         responses = await responses
                 except BaseException as e:
@@ -195,7 +196,7 @@ class Guard:
             )
         if handler.unary_stream is not None:
             inner_stream: Any = handler.unary_stream
-            stream = streaming(lambda raw, context: inner_stream(parse(raw), context))
+            stream = streaming(lambda raw, context: inner_stream(parse(_small(raw)), context))
             return grpc.unary_stream_rpc_method_handler(cast(Any, stream), response_serializer=serialize)
         if handler.stream_stream is not None:
             inner_bidi: Any = handler.stream_stream
@@ -281,6 +282,22 @@ def _serializer(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], byt
         return response if response.__class__ is bytes else serialize(response)
 
     return serialize_unless_bytes
+
+
+# A streaming call (Watch, Health/Watch) lives long and holds what its request made (a selector,
+# a service name) all along; the largest valid Watch request is a few KiB (a 4,096-character
+# selector), so anything much larger is refused before it is parsed.
+MAX_STREAM_REQUEST_BYTES = 16 * 1024
+
+
+def _small(raw: bytes) -> bytes:
+    if len(raw) > MAX_STREAM_REQUEST_BYTES:
+        raise ResourceExhausted(
+            f"the request is {len(raw)} bytes; a streaming call takes at most {MAX_STREAM_REQUEST_BYTES}",
+            reason="STREAM_REQUEST_TOO_LARGE",
+            metadata={"max_bytes": str(MAX_STREAM_REQUEST_BYTES), "bytes": str(len(raw))},
+        )
+    return raw
 
 
 def _parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:

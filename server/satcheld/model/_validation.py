@@ -60,9 +60,14 @@ class Violations(list[tuple[str, str]]):
 
 def shown(value: str) -> str:
     """A short, printable rendering of a caller-supplied (non-secret) string, for
-    messages and records: a caller never makes them long."""
-    shown = value if len(value) <= 64 else value[:61] + "..."
-    return json.dumps(shown)
+    messages and records: a caller never makes them long. Cut after escaping, so
+    that characters JSON spells as `\\ud83d\\ude00` count as what they cost."""
+    quoted = json.dumps(value)
+    if len(quoted) <= 66:
+        return quoted
+    cut = quoted[:62]
+    cut = cut[: cut.rfind("\\")] if "\\" in cut[-11:] else cut  # never half an escape
+    return cut + '..."'
 
 
 def is_dns_label(value: str) -> bool:
