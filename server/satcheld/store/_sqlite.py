@@ -66,6 +66,9 @@ _BATCH = 256
 READING_CACHE_KIB = 256  # the page cache of a `reading`'s connection
 # Reads run here, off the event loop; each thread keeps its own connection.
 READER_THREADS = 4
+# List scans run on a pool of their own, this small: however many scan at once,
+# they can never take the reader threads that Gets and chunks need.
+SCAN_THREADS = 2
 _GROUP_COMMIT_WINDOW = 0.004  # seconds a busy writer waits for company
 _STOP = None  # queued by close(): the writer stops after the jobs before it
 
@@ -316,6 +319,7 @@ class SqliteStore:
         self._readers = threading.local()
         self._all_readers: list[sqlite_utils.Database] = []
         self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="satchel-store-reader")
+        self._scan_pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="satchel-store-scanner")
         self._idle_readings: list[sqlite_utils.Database] = []  # connections for `reading`, free again
         self._revision = self._committed_revision(writer)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -444,10 +448,10 @@ class SqliteStore:
 
     # -- reads: each runs in a reader thread ----------------------------
 
-    def _read(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def _read(self, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None) -> asyncio.Future[T]:
         if self._closed:
             raise Unavailable("the server is shutting down")
-        return asyncio.get_running_loop().run_in_executor(self._read_pool, fn, *args)
+        return asyncio.get_running_loop().run_in_executor(pool or self._read_pool, fn, *args)
 
     def _reader(self) -> sqlite_utils.Database:
         """A read connection per thread: reads in WAL mode never block the writer."""
@@ -479,7 +483,12 @@ class SqliteStore:
         """Up to `limit` matching objects after `after` in (namespace, name) order,
         and fewer if they would exceed `max_bytes` (never none, so a page always
         makes progress); whether more follow, and the revision they were read at."""
-        return await self._read(self._list, kind, namespace, after, limit, max_bytes, match, _opener(with_data))
+        # A scan that matches nothing reads the whole table: its own pool, so
+        # that a few at once cannot queue every Get behind them. A pool, not a
+        # semaphore: a cancelled List's scan keeps its thread until it ends.
+        return await self._read(
+            self._list, kind, namespace, after, limit, max_bytes, match, _opener(with_data), pool=self._scan_pool
+        )
 
     def _list(
         self,
@@ -904,6 +913,7 @@ class SqliteStore:
             self._queue.put(_STOP)
         self._thread.join()
         self._read_pool.shutdown(wait=True)
+        self._scan_pool.shutdown(wait=True)
         self._writer.close()
         for db in self._all_readers:
             db.close()
