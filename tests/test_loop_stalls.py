@@ -75,8 +75,9 @@ async def test_a_list_that_scans_a_large_table_does_not_delay_gets_beside_it(pki
     # GIL (up to 5 ms a time, a few times per call, client and server in one
     # process here): a few milliseconds, and on a shared machine under load
     # (a load average of 20 on 2 cores, seen here) up to 90 ms, a quarter of
-    # the List's time. A third of the List's time tells the two apart.
-    assert worst < took / 3, (
+    # the List's time, and once 184 ms beside a 580 ms List. Half the List's time
+    # still tells the two apart (a Get queued behind the scan waits all of it).
+    assert worst < took / 2, (
         f"a Get took {1000 * worst:.0f} ms while a {1000 * took:.0f} ms List ran: it waited for the scan"
     )
     assert len(latencies) >= 4, "Gets were answered while the List ran"
