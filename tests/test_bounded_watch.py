@@ -239,20 +239,86 @@ async def test_a_cancelled_initial_part_frees_its_turn(pki, tmp_path) -> None:
             await channels.close()
 
 
+async def _until(predicate, what: str, timeout: float = WAIT) -> None:
+    """Polls a condition of the server's under a deadline (it has no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_a_principal_waits_for_its_own_share_of_the_turns(pki, tmp_path) -> None:
+    """With turns to spare but a share of one per principal, alice's second
+    send_initial waits (it is not refused) while her first is stalled, and bob's
+    is served at once: one principal's stalled streams cannot hold every turn.
+    Hers is served once her first gives its turn back. Admins are exempt."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "policy.yaml").write_text(
+        "admins: [admin]\n"
+        "rules:\n"
+        '  - {subjects: ["user:alice", "user:bob"], namespaces: [large], resources: [secrets],'
+        " verbs: [watch, read-data]}\n"
+    )
+    async with running(
+        pki, data, max_initial_snapshots=16, max_initial_snapshots_per_principal=1,
+        initial_snapshot_stall=timedelta(hours=1),
+    ) as server:  # fmt: skip
+        channels = Channels(pki)
+        try:
+            admin = channels.stubs(server.address, pki.admin)
+            for i in range(4):  # more than grpc takes in unread through a 64 KiB window
+                await admin.secrets.CreateSecret(secret_pb2.CreateSecretRequest(secret=big_secret(i)))
+            alice = channels.stubs(server.address, pki.alice, options=NO_BDP)
+            stalled = Stalled(alice, namespace="large", send_initial=True)
+            await stalled.first()
+            assert server.hub is not None and server.hub.initials.reading == 1
+
+            second = Watcher.open(alice, SECRETS, "alice-second", namespace="large", send_initial=True)
+            await _until(lambda: server.hub.initials.waiting == 1, "alice's second stream waiting for her turn")
+            bob = channels.stubs(server.address, pki.identity("user", "bob"))
+            other = Watcher.open(bob, SECRETS, "bob", namespace="large", send_initial=True)
+            await other.wait_for(lambda: any(e.type == SYNCED for e in other.events), "SYNCED")
+            assert [e.type for e in other.events].count(ADDED) == 4
+            await other.close()
+            assert not second.events and server.hub.initials.waiting == 1
+            # Admins have no share, as they have no quota: a stalled one does not hold up the next.
+            admin_stalled = Stalled(channels.stubs(server.address, pki.admin, options=NO_BDP), send_initial=True)
+            await admin_stalled.first()
+            next_ = Watcher.open(admin, SECRETS, "admin-next", namespace="large", send_initial=True)
+            await next_.wait_for(lambda: any(e.type == SYNCED for e in next_.events), "SYNCED")
+            await next_.close()
+            admin_stalled.call.cancel()
+
+            stalled.call.cancel()
+            await second.wait_for(lambda: any(e.type == SYNCED for e in second.events), "SYNCED")
+            assert [e.type for e in second.events].count(ADDED) == 4
+            await second.close()
+            await _until(lambda: server.hub.initials.reading == 0, "every turn given back")
+        finally:
+            await channels.close()
+
+
 async def test_the_initial_snapshot_flags_reach_the_server(tmp_path, monkeypatch) -> None:
-    """`--max-initial-snapshots` and `--initial-snapshot-stall` (and their
-    SATCHEL_ variables) configure the running server."""
+    """`--max-initial-snapshots`, `--max-initial-snapshots-per-principal` and
+    `--initial-snapshot-stall` (and their SATCHEL_ variables) configure the
+    running server."""
     from satcheld._cli import _dev_config, build_parser
 
     args = build_parser().parse_args(
         ["serve", "--dev", "--data-dir", str(tmp_path / "d"), "--max-initial-snapshots", "3",
-         "--initial-snapshot-stall", "5s"]
+         "--max-initial-snapshots-per-principal", "2", "--initial-snapshot-stall", "5s"]
     )  # fmt: skip
     config = _dev_config(args)
     assert (config.max_initial_snapshots, config.initial_snapshot_stall) == (3, timedelta(seconds=5))
+    assert config.max_initial_snapshots_per_principal == 2
     defaults = _dev_config(build_parser().parse_args(["serve", "--dev", "--data-dir", str(tmp_path / "d")]))
     assert (defaults.max_initial_snapshots, defaults.initial_snapshot_stall) == (16, timedelta(seconds=30))
+    assert defaults.max_initial_snapshots_per_principal == 4
     monkeypatch.setenv("SATCHEL_MAX_INITIAL_SNAPSHOTS", "7")
+    monkeypatch.setenv("SATCHEL_MAX_INITIAL_SNAPSHOTS_PER_PRINCIPAL", "5")
     monkeypatch.setenv("SATCHEL_INITIAL_SNAPSHOT_STALL", "1m")
     from_env = _dev_config(build_parser().parse_args(["serve", "--dev", "--data-dir", str(tmp_path / "d")]))
     assert (from_env.max_initial_snapshots, from_env.initial_snapshot_stall) == (7, timedelta(minutes=1))
+    assert from_env.max_initial_snapshots_per_principal == 5

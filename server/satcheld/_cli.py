@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Watch streams reading their initial snapshot or replay at once; others wait their turn (default 16)",
     )
     serve.add_argument(
+        "--max-initial-snapshots-per-principal",
+        type=_positive_int,
+        default=_env("max_initial_snapshots_per_principal", "4"),
+        help="of those, how many one principal's streams read at once; its others wait for one of its own"
+        " turns (admins exempt; default 4)",
+    )
+    serve.add_argument(
         "--initial-snapshot-stall",
         type=_positive_duration,
         default=_env("initial_snapshot_stall", "30s"),
@@ -201,6 +208,7 @@ def _token_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _watch_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "max_initial_snapshots": args.max_initial_snapshots,
+        "max_initial_snapshots_per_principal": args.max_initial_snapshots_per_principal,
         "initial_snapshot_stall": args.initial_snapshot_stall,
     }
 

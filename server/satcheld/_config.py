@@ -40,6 +40,8 @@ class ServerConfig:
     watch_buffer_bytes: int = 16 * 1024 * 1024
     # Watch streams reading their initial part (snapshot or replay) at once; others wait their turn.
     max_initial_snapshots: int = 16
+    # Of those, how many one principal's streams may read at once (admins are exempt).
+    max_initial_snapshots_per_principal: int = 4
     # An initial part whose stream takes none of its events for this long is cut off.
     initial_snapshot_stall: timedelta = timedelta(seconds=30)
     # Limits (docs/architecture.md, "Limits"); a refusal is RESOURCE_EXHAUSTED with an ErrorInfo.

@@ -140,8 +140,14 @@ class Server:
             raise ConfigError(
                 "--bookmark-interval must be above 0, --history-events at least 1, --history-age not negative"
             )
-        if c.max_initial_snapshots < 1 or c.initial_snapshot_stall.total_seconds() <= 0:
-            raise ConfigError("--max-initial-snapshots must be at least 1, --initial-snapshot-stall above 0")
+        if (
+            min(c.max_initial_snapshots, c.max_initial_snapshots_per_principal) < 1
+            or c.initial_snapshot_stall.total_seconds() <= 0
+        ):
+            raise ConfigError(
+                "--max-initial-snapshots and --max-initial-snapshots-per-principal must be at least 1,"
+                " --initial-snapshot-stall above 0"
+            )
         if c.token_lifetime.total_seconds() < 1 or not c.token_issuer or not c.token_audience:
             raise ConfigError("--token-lifetime must be at least 1s; --token-issuer and --token-audience not empty")
         limits = (
@@ -188,6 +194,7 @@ class Server:
             buffer_bytes=c.watch_buffer_bytes,
             initial_reads=c.max_initial_snapshots,
             initial_stall=c.initial_snapshot_stall.total_seconds(),
+            initial_reads_per_principal=c.max_initial_snapshots_per_principal,
         )
         authorizer = self._authorizer = Authorizer(policy, graph)
         hub = self.hub

@@ -54,6 +54,7 @@ class WatchHub:
         buffer_bytes: int = 16 * 1024 * 1024,
         initial_reads: int = 16,
         initial_stall: float = 30.0,
+        initial_reads_per_principal: int | None = None,
     ) -> None:
         self._store = store
         self._graph = graph if graph is not None else NodeGraph()
@@ -61,7 +62,7 @@ class WatchHub:
         self._limits = (buffer_events, buffer_bytes)
         # A chunk of an initial part fits in the buffer beside live events.
         self._chunk_bytes = min(CHUNK_BYTES, max(1, buffer_bytes // 4))
-        self.initials = InitialReads(initial_reads, initial_stall)
+        self.initials = InitialReads(initial_reads, initial_stall, initial_reads_per_principal)
         # kind -> view -> subscriptions with that view
         self._groups: dict[str, Groups] = {k: {} for k in KINDS}
         # node -> view -> subscriptions: views that follow that node's bindings
@@ -244,7 +245,8 @@ class WatchHub:
         and not beyond the committed revision). `owner` is the caller, whose
         scope a policy reload may change; `slot` its place in the quota of
         streams per principal, held from the stream's first step to its end,
-        however it ends."""
+        however it ends (a stream with a slot not exempt also waits for its
+        owner's share of the initial parts' turns)."""
         sub = self._subscribe(view, owner)  # first, so nothing committed from now on is missed
         # A view that follows bindings starts from the graph as it is now, at the
         # subscription's revision: taken before anything awaits.
@@ -257,7 +259,8 @@ class WatchHub:
             async with contextlib.AsyncExitStack() as stack:
                 initial: AsyncGenerator[Chunk, None]
                 if send_initial or since_revision:
-                    turn = await stack.enter_async_context(self.initials.turn(sub))
+                    sharer = None if slot is None or slot.exempt else owner  # admins have no share
+                    turn = await stack.enter_async_context(self.initials.turn(sub, sharer))
                     hold = _holder(turn)
                     sub.check()  # cut off while it waited its turn
                     if send_initial:

@@ -61,6 +61,11 @@ class Slot:
         self._exempt = exempt
         self._held = False
 
+    @property
+    def exempt(self) -> bool:
+        """An admin's: no quota, and no share of the initial parts' turns."""
+        return self._exempt
+
     def take(self) -> None:
         """Counts the stream (RESOURCE_EXHAUSTED if the principal filled its
         quota since `reserve`, which nothing between the two lets happen)."""
