@@ -161,13 +161,12 @@ def started(specs: list[tuple[str, list[str]]], workdir: pathlib.Path, cpus: set
             server.stop()
 
 
-# `python -c PROFILED DIR ARGS...` runs satcheld ARGS with a cProfile of CPU time
-# (time.thread_time) in its main thread, the event loop's, and one in every Python
-# thread it starts (the store's writer and readers, to_thread's workers), each
-# written to DIR when it ends: main.prof, thread-NAME-ID.prof. grpc's own C
-# threads are not seen, nor the C code run inside a profiled call, which
-# counts in that call's time.
-PROFILED = """
+# `python -c profiled(PROG, MODULE) DIR ARGS...` runs PROG ARGS (MODULE's main) with a cProfile
+# of CPU time (time.thread_time) in its main thread, the event loop's, and one in every Python
+# thread it starts (satcheld's store writer and readers, to_thread's workers), each written to
+# DIR when it ends: main.prof, thread-NAME-ID.prof. grpc's own C threads are not seen, nor the
+# C code run inside a profiled call, which counts in that call's time.
+_PROFILED = """
 import cProfile, os, sys, threading, time
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -181,8 +180,8 @@ def profiled_run(self):
         profile.disable()
         profile.dump_stats(os.path.join(out, f"thread-{self.name}-{threading.get_ident()}.prof"))
 threading.Thread.run = profiled_run
-sys.argv = ["satcheld", *sys.argv[2:]]
-from satcheld._cli import main
+sys.argv = [PROG, *sys.argv[2:]]
+from MODULE import main
 profile = cProfile.Profile(time.thread_time)
 profile.enable()
 try:
@@ -192,6 +191,13 @@ finally:
     profile.dump_stats(os.path.join(out, "main.prof"))
 sys.exit(code)
 """
+
+
+def profiled(prog: str, module: str) -> str:
+    return _PROFILED.replace("PROG", repr(prog)).replace("MODULE", module)
+
+
+PROFILED = profiled("satcheld", "satcheld._cli")
 
 
 def satcheld_argv(satcheld: str, args: list[str], profile: pathlib.Path | None) -> list[str]:

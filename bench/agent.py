@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 # This script's directory is on sys.path.
 import _harness
 import grpc
-from _harness import percentile, process_seconds
+from _harness import percentile, process_seconds, profiled
 
 from satchel import AsyncClient, pki
 
@@ -229,35 +229,9 @@ class AgentProcess:
         return out
 
 
-# `python -c PROFILED DIR ARGS...` runs satchel-agent ARGS with a cProfile of CPU time
-# (time.thread_time) in its main thread (the event loop) and in every Python thread it starts
-# (the to_thread workers that reconcile and save), each written to DIR when it ends. grpc's C
-# threads are not seen.
-PROFILED = """
-import cProfile, os, sys, threading, time
-out = sys.argv[1]
-os.makedirs(out, exist_ok=True)
-run = threading.Thread.run
-def profiled_run(self):
-    profile = cProfile.Profile(time.thread_time)
-    profile.enable()
-    try:
-        run(self)
-    finally:
-        profile.disable()
-        profile.dump_stats(os.path.join(out, f"thread-{self.name}-{threading.get_ident()}.prof"))
-threading.Thread.run = profiled_run
-sys.argv = ["satchel-agent", *sys.argv[2:]]
-from satchel._agent._cli import main
-profile = cProfile.Profile(time.thread_time)
-profile.enable()
-try:
-    code = main()
-finally:
-    profile.disable()
-    profile.dump_stats(os.path.join(out, "main.prof"))
-sys.exit(code)
-"""
+# `python -c PROFILED DIR ARGS...` runs satchel-agent ARGS under cProfile (see _harness.profiled):
+# its event loop and the to_thread workers that reconcile and save.
+PROFILED = profiled("satchel-agent", "satchel._agent._cli")
 
 
 def agent_argv(

@@ -13,7 +13,7 @@ import re
 import shlex
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,14 +105,6 @@ async def dev_server(data: Path, *args: str, port: int = 0) -> AsyncIterator[Dev
         else:
             await proc.wait()
         log.close()
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = LANDS) -> None:
-    """Wait (bounded) for a condition of files the agent writes on its own schedule (the metrics
-    file is rewritten at most once a second), checking it every 20 ms."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 def agent_binary() -> str:

@@ -26,11 +26,11 @@ from agentkit import (
     read_leaf,
     snapshot,
     start_agent,
-    until,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
+from watchkit import until
 
 import satchel
 import satchel.pki

@@ -21,7 +21,7 @@ from conftest import Identity, Pki, Stubs
 from failures import digest, parse
 from kinds import SECRETS
 from test_serve import satcheld
-from watchkit import ADDED, SYNCED, WAIT, Channels, Watcher, running
+from watchkit import ADDED, SYNCED, WAIT, Channels, Watcher, running, until
 
 from satchel.v1 import meta_pb2, secret_pb2
 from satcheld.store._reading import SqliteReading
@@ -239,15 +239,6 @@ async def test_a_cancelled_initial_part_frees_its_turn(pki, tmp_path) -> None:
             await channels.close()
 
 
-async def _until(predicate, what: str, timeout: float = WAIT) -> None:
-    """Polls a condition of the server's under a deadline (it has no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_a_principal_waits_for_its_own_share_of_the_turns(pki, tmp_path) -> None:
     """With turns to spare but a share of one per principal, alice's second
     send_initial waits (it is not refused) while her first is stalled, and bob's
@@ -276,7 +267,7 @@ async def test_a_principal_waits_for_its_own_share_of_the_turns(pki, tmp_path) -
             assert server.hub is not None and server.hub.initials.reading == 1
 
             second = Watcher.open(alice, SECRETS, "alice-second", namespace="large", send_initial=True)
-            await _until(lambda: server.hub.initials.waiting == 1, "alice's second stream waiting for her turn")
+            await until(lambda: server.hub.initials.waiting == 1, "alice's second stream waiting for her turn")
             bob = channels.stubs(server.address, pki.identity("user", "bob"))
             other = Watcher.open(bob, SECRETS, "bob", namespace="large", send_initial=True)
             await other.wait_for(lambda: any(e.type == SYNCED for e in other.events), "SYNCED")
@@ -295,7 +286,7 @@ async def test_a_principal_waits_for_its_own_share_of_the_turns(pki, tmp_path) -
             await second.wait_for(lambda: any(e.type == SYNCED for e in second.events), "SYNCED")
             assert [e.type for e in second.events].count(ADDED) == 4
             await second.close()
-            await _until(lambda: server.hub.initials.reading == 0, "every turn given back")
+            await until(lambda: server.hub.initials.reading == 0, "every turn given back")
         finally:
             await channels.close()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from conftest import Identity, Pki, Stubs, secure_channel
 from failures import failure
 from kinds import SECRETS, WORKLOADS
-from watchkit import Watcher, running
+from watchkit import Watcher, running, until
 
 from satchel.v1 import meta_pb2, secret_pb2, service_account_pb2, workload_pb2
 from satcheld import _cli
@@ -27,15 +26,6 @@ from satcheld.auth import NODE, Principal
 Code = grpc.StatusCode
 WAIT = 10.0
 N1 = Principal(NODE, "n1")
-
-
-async def _until(predicate, what: str, timeout: float = WAIT) -> None:
-    """Polls a condition of the server's under a deadline (it has no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def _records(audit_log: Path, request_id: str) -> list[dict]:
@@ -113,11 +103,11 @@ async def test_a_principal_holds_at_most_its_quota_of_watch_streams_across_conne
 
             # A slot is given back when its stream ends: cancelled...
             await held[0].close()
-            await _until(lambda: server.quota.open(N1) == 2, "the cancelled stream's slot given back")
+            await until(lambda: server.quota.open(N1) == 2, "the cancelled stream's slot given back")
             held[0] = await streams.open(third)
             # ... or its connection closed.
             await streams.close()
-            await _until(lambda: server.quota.open(N1) == 0, "every slot given back")
+            await until(lambda: server.quota.open(N1) == 0, "every slot given back")
             assert server.hub is not None and server.hub.streams() == 0
         finally:
             await streams.close()

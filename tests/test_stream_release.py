@@ -27,7 +27,7 @@ from conftest import secure_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kinds import SECRETS
 from test_serve import satcheld
-from watchkit import MODIFIED, Watcher, check_stream, running
+from watchkit import MODIFIED, Watcher, check_stream, running, until
 
 import satchel.pki
 from satchel import AsyncClient
@@ -65,15 +65,6 @@ def _completed_watches(audit_log: Path) -> int:
             record = json.loads(line)
             count += record["method"].endswith("/WatchWorkloads") and record["stage"] == "completed"
     return count
-
-
-async def _until(predicate, what: str, timeout: float = WAIT) -> None:
-    """Polls `predicate` under a deadline (the server's side has no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _open_and_cancel(stubs: list[workload_pb2_grpc.WorkloadServiceStub], n: int) -> None:
@@ -115,11 +106,11 @@ async def test_five_thousand_cancelled_watches_leave_the_server_near_its_baselin
             started = time.monotonic()
 
             await _open_and_cancel(stubs, 1000)  # warm-up: allocator pools, grpc's caches, code paths
-            await _until(lambda: _completed_watches(audit_log) >= 1000, "1,000 warm-up watches let go")
+            await until(lambda: _completed_watches(audit_log) >= 1000, "1,000 warm-up watches let go")
             baseline = _rss_kib(server.proc.pid)
 
             await _open_and_cancel(stubs, 5000)
-            await _until(lambda: _completed_watches(audit_log) >= 6000, "6,000 watches let go")
+            await until(lambda: _completed_watches(audit_log) >= 6000, "6,000 watches let go")
             after = _rss_kib(server.proc.pid)
             elapsed = time.monotonic() - started
         finally:
@@ -182,7 +173,7 @@ async def test_streams_of_a_client_that_dies_are_let_go(tmp_path) -> None:
             finally:
                 client.kill()
                 await client.wait()
-            await _until(lambda n=2 * attempt: _completed_watches(data / "audit.log") >= n, "broken streams let go")
+            await until(lambda n=2 * attempt: _completed_watches(data / "audit.log") >= n, "broken streams let go")
         records = [json.loads(line) for line in (data / "audit.log").read_text().splitlines()]
         ends = {r["code"] for r in records if r["method"].endswith("WatchWorkloads") and r["stage"] == "completed"}
         assert ends == {"CANCELLED"}, ends
@@ -332,12 +323,12 @@ async def test_a_stream_cancelled_while_its_reader_stalls_is_let_go_at_once(pki,
                 secret_pb2.WatchSecretsRequest(namespace="big", send_initial=True)
             )
             assert await asyncio.wait_for(call.read(), WAIT) is not grpc.aio.EOF  # then it reads no more
-            await _until(lambda: _handlers_waiting_to_send() == 1, "the stream waiting to send")
+            await until(lambda: _handlers_waiting_to_send() == 1, "the stream waiting to send")
             assert server.quota.open(ALICE) == 1
 
             call.cancel()
-            await _until(lambda: server.quota.open(ALICE) == 0 and server.hub.streams() == 0, "the stream let go")
-            await _until(lambda: _completed(server.config.audit_log) == ["CANCELLED"], "its end recorded")
+            await until(lambda: server.quota.open(ALICE) == 0 and server.hub.streams() == 0, "the stream let go")
+            await until(lambda: _completed(server.config.audit_log) == ["CANCELLED"], "its end recorded")
         finally:
             await admin.close()
             await alice.close()

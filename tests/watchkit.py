@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,17 @@ from satchel.v1 import meta_pb2, secret_pb2
 from satcheld._server import Server
 
 WAIT = 10.0  # seconds: the bound for anything that should happen at once
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Polls a condition of the server's (or of files a process writes on its own schedule)
+    under a deadline, where there is no event to wait on."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
