@@ -187,3 +187,22 @@ def test_a_root_that_cannot_be_scanned_is_an_error_not_a_crash(tmp_path: Path, m
     monkeypatch.setattr(root, "scan", unreadable)
     outcome = Reconciler(root).reconcile(tree_of(workload("default", "web", [])))
     assert outcome.errors == ["cannot scan the root: Permission denied"]
+
+
+def test_a_pass_over_leaves_it_wrote_reads_none_of_their_files(tmp_path: Path, monkeypatch) -> None:
+    """The write path runs for every event: an unchanged leaf is known by its source (the
+    secret's uid and resource_version), never re-read or hashed, however large its files."""
+    root = Root(tmp_path, 0o400)
+    reconciler = Reconciler(root)
+    objects = [workload("default", "web", ["s"]), secret("default", "s", {"k": b"v" * 1_000_000})]
+    assert len(reconciler.reconcile(tree_of(*objects)).written) == 1
+
+    def no_reads(path):
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(root, "read_leaf", no_reads)
+    assert reconciler.reconcile(tree_of(*objects)).written == []
+    # Another source (a write that left the data as it was) is checked against the disk once.
+    monkeypatch.undo()
+    objects[1] = secret("default", "s", {"k": b"v" * 1_000_000}, version=2)
+    assert reconciler.reconcile(tree_of(*objects)).written == []

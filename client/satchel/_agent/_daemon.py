@@ -407,7 +407,7 @@ class Agent:
                 "wrote %s/%s %s=%s version=%d revision=%d latency_ms=%s",
                 leaf.namespace, leaf.workload, where, leaf.secret, leaf.version, leaf.revision, latency,
             )  # fmt: skip
-            event = HookEvent(leaf.namespace, leaf.workload, leaf.secret, leaf.version, "written", leaf.digest)
+            event = HookEvent(leaf.namespace, leaf.workload, leaf.secret, leaf.version, "written", leaf.source)
             self.hooks.notify(leaf.path, event)
         for path in outcome.removed:
             if len(path) <= 2:

@@ -32,7 +32,7 @@ class HookEvent:
     secret: str
     version: int
     event: str  # "written" or "removed"
-    digest: str = ""  # tells two landings of one leaf apart; never passed on
+    source: tuple[object, ...] = ()  # tells two landings of one leaf apart; never passed on
 
     def environment(self) -> dict[str, str]:
         return {

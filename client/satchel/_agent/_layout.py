@@ -8,7 +8,6 @@ made of them: a compromised or buggy server must not make the agent write outsid
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,15 +67,10 @@ class Leaf:
     secret: str  # the secret's name (for serviceaccount/, the account's token secret)
     version: int  # that secret's version
     revision: int  # the resource_version of the newest object it came from
-
-    @property
-    def digest(self) -> str:
-        """A fingerprint of the payload, kept in memory only, to tell versions apart."""
-        h = hashlib.sha256()
-        for key in sorted(self.payload):
-            h.update(len(key).to_bytes(4, "big") + key.encode())
-            h.update(len(self.payload[key]).to_bytes(8, "big") + self.payload[key])
-        return h.hexdigest()
+    # What the payload was made from (objects' uids and resource_versions, the certificate):
+    # the same source makes the same payload, so a pass knows a leaf it wrote is unchanged
+    # without hashing or reading it, however large its files.
+    source: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,7 +148,12 @@ def desired(
             payload[TLS_CERT] = credential.certificate_pem
             payload[TLS_KEY] = credential.key_pem
             revision = max(token.metadata.resource_version, account.metadata.resource_version)
-            leaves[path] = Leaf(path, payload, ns, name, token.metadata.name, token.version, revision)
+            source: tuple[object, ...] = (
+                token.metadata.uid,
+                token.metadata.resource_version,
+                credential.certificate_pem,
+            )
+            leaves[path] = Leaf(path, payload, ns, name, token.metadata.name, token.version, revision, source)
         for secret_name in dict.fromkeys(mounted):
             secret = secrets.get((ns, secret_name))
             if secret is None:
@@ -167,7 +166,9 @@ def desired(
                 rejected.reasons.append(f"secret {ns}/{secret_name}: {len(bad)} data key(s) cannot be file names")
                 continue
             path = (ns, name, SECRETS_DIR, secret_name)
+            meta = secret.metadata
+            source = (meta.uid, meta.resource_version)
             leaves[path] = Leaf(
-                path, dict(secret.data), ns, name, secret_name, secret.version, secret.metadata.resource_version
+                path, dict(secret.data), ns, name, secret_name, secret.version, meta.resource_version, source
             )
     return Tree(frozenset(dirs), leaves, frozenset(pending))

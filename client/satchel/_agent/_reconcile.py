@@ -31,9 +31,10 @@ class Reconciler:
 
     def __init__(self, root: Root) -> None:
         self.root = root
-        # What we wrote last, per leaf: its version directory and payload digest. A leaf whose
-        # `..data` still points there holds that payload; any other is read and compared.
-        self._written: dict[Path, tuple[str, str]] = {}
+        # What we wrote (or found right) last, per leaf: its version directory and the payload's
+        # source. A leaf whose `..data` still points there, for the same source, holds that
+        # payload; any other is read and compared.
+        self._written: dict[Path, tuple[str, tuple[object, ...]]] = {}
 
     def reconcile(self, tree: Tree) -> Outcome:
         out = Outcome()
@@ -65,7 +66,7 @@ class Reconciler:
                     self._try(out, path, functools.partial(self.root.remove_leftovers, names=found.leftovers))
                 continue
             try:
-                self._written[path] = (self.root.write_leaf(path, leaf.payload), leaf.digest)
+                self._written[path] = (self.root.write_leaf(path, leaf.payload), leaf.source)
             except OSError as e:
                 self._written.pop(path, None)
                 out.errors.append(f"cannot write {'/'.join(path)}: {e.strerror or e}")
@@ -74,10 +75,10 @@ class Reconciler:
         return out
 
     def _holds(self, path: Path, version_dir: str, leaf: Leaf) -> bool:
-        if self._written.get(path) == (version_dir, leaf.digest):
+        if self._written.get(path) == (version_dir, leaf.source):
             return True
         if self.root.read_leaf(path) == dict(leaf.payload):
-            self._written[path] = (version_dir, leaf.digest)
+            self._written[path] = (version_dir, leaf.source)
             return True
         return False
 
